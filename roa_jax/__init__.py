@@ -1,0 +1,1 @@
+"""roa_jax: ROA meta-learning through simulated memristor crossbars."""

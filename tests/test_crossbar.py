@@ -1,0 +1,139 @@
+"""Crossbar mapping, MAC, hardware write and write-verify (roa_jax/crossbar.py)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+
+from roa_jax import crossbar, device
+
+PAPER = device.paper()
+IDEAL = device.ideal()
+
+
+def _weights(key, shape, scale=0.5):
+    return scale * jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+
+
+class CrossbarTest(parameterized.TestCase):
+    @parameterized.parameters(False, True)
+    def test_mapping_round_trips(self, differential):
+        w = _weights(jax.random.PRNGKey(0), (30, 20), scale=1.0)
+        xbar = crossbar.program(w, PAPER, differential)
+        chex.assert_trees_all_close(crossbar.weights(xbar, PAPER), w, atol=2e-6)
+        g_min, g_max = device.conductance_range(PAPER)
+        for g in (xbar.g_pos, xbar.g_neg) if differential else (xbar.g_pos,):
+            self.assertTrue(bool(jnp.all((g >= g_min) & (g <= g_max))))
+        # Out-of-range weights clip to the device range.
+        clipped = crossbar.weights(
+            crossbar.program(jnp.array([[3.0, -2.0]]), PAPER, differential), PAPER
+        )
+        chex.assert_trees_all_close(clipped, jnp.array([[1.0, -1.0]]), atol=1e-6)
+
+    @parameterized.parameters(False, True)
+    def test_ideal_mac_equals_matmul(self, differential):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+        w = _weights(k1, (64, 10))
+        x = jax.random.normal(k2, (8, 64))
+        xbar = crossbar.program(w, PAPER, differential)
+        chex.assert_trees_all_close(crossbar.mac(x, xbar, PAPER), x @ w, atol=2e-5, rtol=1e-5)
+
+    def test_read_noise_has_the_stated_spread(self):
+        w = _weights(jax.random.PRNGKey(2), (64, 1))
+        xbar = crossbar.program(w, PAPER)
+        x = jnp.ones((20000, 64))
+        y = crossbar.mac(x, xbar, PAPER, key=jax.random.PRNGKey(3), read_noise=0.01)
+        # Each device fluctuates by 0.01 (G_max - G_min) = 0.02 in weight units; 64 of them add up.
+        chex.assert_trees_all_close(jnp.std(y), 0.02 * 8.0, rtol=0.03)
+
+    def test_conv_on_crossbar_equals_lax_conv(self):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+        kernel = _weights(k1, (3, 3, 4, 6))
+        x = jax.random.normal(k2, (2, 9, 9, 4))
+        xbar = crossbar.program(kernel, PAPER)
+        expected = jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        chex.assert_trees_all_close(crossbar.conv2d(x, xbar, PAPER), expected, atol=1e-4, rtol=1e-4)
+
+    @parameterized.parameters(False, True)
+    def test_ideal_device_reproduces_sgd(self, differential):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(5))
+        w = _weights(k1, (40, 40))
+        dw = -0.05 * jax.random.normal(k2, (40, 40))
+        xbar = crossbar.program(w, IDEAL, differential)
+        new, n = crossbar.write_update(jax.random.PRNGKey(6), xbar, dw, IDEAL, sigma_w=0.0)
+        # 1e6 levels across the range: rounding error under one level (2e-6 in weight units).
+        chex.assert_trees_all_close(crossbar.weights(new, IDEAL), w + dw, atol=3e-6)
+        self.assertGreater(float(jnp.mean(jnp.abs(n))), 1000)
+
+    def test_paper_device_update_is_nonideal(self):
+        w = _weights(jax.random.PRNGKey(7), (40, 40), scale=0.9)
+        dw = jnp.full((40, 40), 0.2)
+        xbar = crossbar.program(w, PAPER)
+        new, _ = crossbar.write_update(jax.random.PRNGKey(8), xbar, dw, PAPER, sigma_w=0.0)
+        got = crossbar.weights(new, PAPER) - w
+        # Quantized (multiples of roughly a nominal step) and state-dependent: not equal to dw.
+        self.assertGreater(float(jnp.max(jnp.abs(got - dw))), 0.05)
+        self.assertGreater(float(jnp.std(got)), 0.01)
+
+    def test_gradients_through_hardware_write(self):
+        w = _weights(jax.random.PRNGKey(9), (16, 8))
+        x = jax.random.normal(jax.random.PRNGKey(10), (4, 16))
+
+        def loss(w, lr):
+            xbar = crossbar.program(w, PAPER)
+            dw = -lr * jnp.sign(w)
+            new, _ = crossbar.write_update(jax.random.PRNGKey(11), xbar, dw, PAPER, sigma_w=0.5)
+            return jnp.sum(crossbar.mac(x, new, PAPER) ** 2)
+
+        g_w, g_lr = jax.grad(loss, argnums=(0, 1))(w, 0.1)
+        chex.assert_tree_all_finite((g_w, g_lr))
+        self.assertGreater(float(jnp.abs(g_lr)), 0.0)
+        self.assertGreater(float(jnp.sum(jnp.abs(g_w))), 0.0)
+
+    @parameterized.product(
+        sigma_w=(0.0, 0.1), differential=(False, True), policy=("open_loop", "model_inverse")
+    )
+    def test_write_verify_converges_and_reports_cost(self, sigma_w, differential, policy):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(12))
+        target = _weights(k1, (32, 32), scale=0.9)
+        start = crossbar.program(jnp.zeros_like(target), PAPER, differential)
+        tol = 0.05
+        policy = device.pulse_policy(policy)
+        xbar, stats = crossbar.write_verify(k2, start, target, PAPER, sigma_w, policy, tol=tol)
+        err = jnp.max(jnp.abs(crossbar.weights(xbar, PAPER) - target))
+        self.assertLessEqual(float(err), tol)
+        np.testing.assert_allclose(stats.max_error, err, rtol=1e-6)
+        self.assertGreaterEqual(int(stats.iterations), 1)
+        self.assertLess(int(stats.iterations), 50)
+        self.assertGreater(float(stats.pulses), 32 * 32)
+
+    def test_write_verify_stops_at_iteration_cap(self):
+        target = _weights(jax.random.PRNGKey(13), (16, 16), scale=0.9)
+        start = crossbar.program(jnp.zeros_like(target), PAPER)
+        _, stats = crossbar.write_verify(
+            jax.random.PRNGKey(14), start, target, PAPER, sigma_w=0.5, tol=1e-4, max_iterations=3
+        )
+        self.assertEqual(int(stats.iterations), 3)
+        self.assertGreater(float(stats.max_error), 1e-4)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_write_update_jit_equals_no_jit(self):
+        w = _weights(jax.random.PRNGKey(15), (8, 8))
+        dw = 0.1 * jax.random.normal(jax.random.PRNGKey(16), (8, 8))
+        xbar = crossbar.program(w, PAPER)
+        f = self.variant(lambda k, xb, dw: crossbar.write_update(k, xb, dw, PAPER, 0.8))
+        ref = crossbar.write_update(jax.random.PRNGKey(17), xbar, dw, PAPER, 0.8)
+        chex.assert_trees_all_close(f(jax.random.PRNGKey(17), xbar, dw), ref, rtol=1e-5)
+
+    def test_vmap_over_sigma_equals_loop(self):
+        w = _weights(jax.random.PRNGKey(18), (8, 8))
+        dw = 0.1 * jax.random.normal(jax.random.PRNGKey(19), (8, 8))
+        xbar = crossbar.program(w, PAPER)
+        sigmas = jnp.array([0.0, 0.3, 1.0, 3.0])
+        write = lambda s: crossbar.write_update(jax.random.PRNGKey(20), xbar, dw, PAPER, s)[0]
+        chex.assert_trees_all_close(
+            jax.vmap(write)(sigmas), jax.tree.map(lambda *x: jnp.stack(x), *map(write, sigmas))
+        )
