@@ -14,6 +14,9 @@ negative for depression (RESET, conductance down).
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -115,7 +118,14 @@ PRESETS = {"paper": paper, "soft_bounds": soft_bounds, "linear_step": linear_ste
 
 
 def preset(name: str) -> DeviceParams:
-    """A device preset by name: one of `PRESETS`."""
+    """A device preset by name (one of `PRESETS`), or the parameters saved in a `.json` file.
+
+    A name ending in `.json` is read with `load_params` (e.g. a fitted device).
+    """
+    if name.endswith(".json"):
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"device parameter file {name!r} does not exist.")
+        return load_params(name)
     if name not in PRESETS:
         raise ValueError(f"device preset {name!r} is not one of {sorted(PRESETS)}.")
     return PRESETS[name]()
@@ -358,3 +368,64 @@ def sample_variation(key, params: DeviceParams, shape, spread: float) -> DeviceP
         gamma=scaled(k_gamma, params.gamma),
         lam=scaled(k_lam, params.lam),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and loading parameters.
+
+PARAMS_FORMAT = "roa_jax.DeviceParams/1"
+
+
+def save_params(path, params: DeviceParams) -> None:
+    """Writes scalar `params` to `path` as JSON: one number per field, plus 'format'.
+
+    Float32 values are written as the float64 numbers they equal, so `load_params` returns
+    them exactly.
+    """
+    values = {"format": PARAMS_FORMAT}
+    for name, x in params._asdict().items():
+        x = np.asarray(x)
+        if x.shape != () or not np.isfinite(x):
+            raise ValueError(f"save_params: field {name}={x} must be a finite scalar.")
+        values[name] = float(x)
+    with open(path, "w") as f:
+        json.dump(values, f, indent=2)
+        f.write("\n")
+
+
+def load_params(path) -> DeviceParams:
+    """Reads parameters written by `save_params`; raises ValueError naming `path` if bad.
+
+    The file must hold every `DeviceParams` field as a finite number and nothing else but
+    'format' (= PARAMS_FORMAT); the result must pass `validate`.
+    """
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"device parameter file {path}: not valid JSON ({e}).") from e
+    if not isinstance(values, dict) or values.get("format") != PARAMS_FORMAT:
+        raise ValueError(
+            f"device parameter file {path}: expected a JSON object with "
+            f"'format': {PARAMS_FORMAT!r}."
+        )
+    fields = set(DeviceParams._fields)
+    problems = []
+    if missing := sorted(fields - set(values)):
+        problems.append(f"missing fields {missing}")
+    if unknown := sorted(set(values) - fields - {"format"}):
+        problems.append(f"unknown fields {unknown}")
+    if problems:
+        raise ValueError(f"device parameter file {path}: {', '.join(problems)}.")
+    for name in DeviceParams._fields:
+        x = values[name]
+        number = isinstance(x, (int, float)) and not isinstance(x, bool)
+        if not (number and math.isfinite(x) and abs(x) <= float(np.finfo(np.float32).max)):
+            raise ValueError(
+                f"device parameter file {path}: {name}={x!r} is not a finite float32 number."
+            )
+    params = DeviceParams(**{name: jnp.float32(values[name]) for name in DeviceParams._fields})
+    try:
+        return validate(params)
+    except ValueError as e:
+        raise ValueError(f"device parameter file {path}: {e}") from e
