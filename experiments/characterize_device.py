@@ -315,124 +315,109 @@ def _plot_fit(path, curves, predicted, title):
     plt.close(fig)
 
 
+def _pulse_response(path, label, params, num_pulses):
+    """Fig. 2B for the device and, faintly, every preset: writes the CSV and PNG."""
+    devices = {label: params} | {n: device.preset(n) for n in device.PRESETS if n != label}
+    curves = {name: pulse_response_curve(p, num_pulses) for name, p in devices.items()}
+    rows = []
+    for name, (k, w) in curves.items():
+        g_min, g_max = (float(g) for g in device.conductance_range(devices[name]))
+        for ki, wi in zip(k, np.asarray(w, np.float64), strict=True):
+            phase = "set" if ki <= num_pulses else "reset"
+            g_us = (g_min + wi * (g_max - g_min)) * 1e6
+            rows.append(dict(device=name, pulse=int(ki), phase=phase, w=float(wi), G_uS=g_us))
+    _write_csv(path("pulse_response.csv"), rows)
+    _plot_pulse_response(path("pulse_response.png"), label, params, curves, num_pulses)
+    logging.info("pulse response: %d pulses per polarity, %d devices", num_pulses, len(curves))
+
+
+def _write_noise(path, label, params, sigma_ws, num_devices, seed):
+    """Fig. 2C: writes the CSV and PNG of the written-conductance spread vs sigma_w."""
+    rows = write_noise_sweep(jax.random.PRNGKey(seed), params, sigma_ws, num_devices)
+    _write_csv(path("write_noise.csv"), rows)
+    _plot_write_noise(path("write_noise.png"), label, rows)
+    for r in rows:
+        logging.info(
+            "sigma_w=%g %+d pulses: std %.4g uS measured, %.4g uS Eq. 7 (%.4g after the clip)",
+            *(r[k] for k in ("sigma_w", "pulses", "std_measured_uS", "std_eq7_uS")),
+            r["std_eq7_clipped_uS"],
+        )
+
+
+def _fit(path, measured, params, num_steps):
+    """Fits `params` to the measured curves; writes fit.csv/.png; returns (summary, params)."""
+    logging.info(
+        "fitting %s: %d reads, %d ramps, %d adam steps",
+        _FIT.value,
+        len(measured.ramp),
+        measured.ramp.max() + 1,
+        num_steps,
+    )
+    result = fitting.fit(measured, params, num_steps=num_steps)
+    fitted = device_summary(result.params)
+    columns = (measured.cycle, measured.pulse_index, measured.polarity, measured.conductance)
+    rows = [
+        dict(
+            cycle=int(c),
+            pulse_index=int(i),
+            polarity=int(p),
+            measured_uS=float(m) * 1e6,
+            fitted_uS=float(f) * 1e6,
+        )
+        for c, i, p, m, f in zip(*columns, result.predicted, strict=True)
+    ]
+    _write_csv(path("fit.csv"), rows)
+    window = fitted["params"]["window"]
+    title = (
+        f"{os.path.basename(_FIT.value)}: RMS {result.rms * 1e6:.3g} uS = "
+        f"{100 * result.rel_rms:.2f} % of the range; window {window:.3g}"
+    )
+    _plot_fit(path("fit.png"), measured, result.predicted, title)
+    logging.info(
+        "fit: RMS %.4g uS = %.2f %% of the measured range; G %.4g..%.4g uS, a+ %.4g, a- %.4g, "
+        "window %.3g",
+        result.rms * 1e6,
+        100 * result.rel_rms,
+        *(fitted[k] for k in ("G_min_uS", "G_max_uS", "a_plus", "a_minus")),
+        window,
+    )
+    summary = dict(
+        data=_FIT.value,
+        num_reads=len(measured.ramp),
+        num_ramps=int(measured.ramp.max() + 1),
+        steps=num_steps,
+        rms_uS=result.rms * 1e6,
+        rel_rms=result.rel_rms,
+        final_loss=float(result.losses[-1]),
+        fitted=fitted,
+    )
+    return summary, result.params
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     params, sigma_ws, measured = _parse_flags()
-    out_dir = _OUT_DIR.value
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(_OUT_DIR.value, exist_ok=True)
+    path = lambda name: os.path.join(_OUT_DIR.value, name)
     label = _label(_DEVICE.value)
-    path = lambda name: os.path.join(out_dir, name)
     logging.info("jax %s on %s; device %s", jax.__version__, jax.devices()[0], _DEVICE.value)
 
-    # Fig. 2B: pulse response of the device and, faintly, of every preset.
-    curves = {label: pulse_response_curve(params, _NUM_PULSES.value)}
-    for name in device.PRESETS:
-        if name != label:
-            curves[name] = pulse_response_curve(device.preset(name), _NUM_PULSES.value)
-    rows = []
-    for name, (k, w) in curves.items():
-        p = params if name == label else device.preset(name)
-        g_min, g_max = (float(g) for g in device.conductance_range(p))
-        for ki, wi in zip(k, np.asarray(w, np.float64), strict=True):
-            phase = "set" if ki <= _NUM_PULSES.value else "reset"
-            rows.append(
-                dict(
-                    device=name,
-                    pulse=int(ki),
-                    phase=phase,
-                    w=float(wi),
-                    G_uS=(g_min + wi * (g_max - g_min)) * 1e6,
-                )
-            )
-    _write_csv(path("pulse_response.csv"), rows)
-    _plot_pulse_response(path("pulse_response.png"), label, params, curves, _NUM_PULSES.value)
-    logging.info(
-        "pulse response: %d pulses per polarity, %d devices", _NUM_PULSES.value, len(curves)
-    )
-
-    # Fig. 2C: written-conductance spread vs sigma_w.
-    key = jax.random.PRNGKey(_SEED.value)
-    noise = write_noise_sweep(key, params, sigma_ws, _NUM_DEVICES.value)
-    _write_csv(path("write_noise.csv"), noise)
-    _plot_write_noise(path("write_noise.png"), label, noise)
-    for r in noise:
-        logging.info(
-            "sigma_w=%g %+d pulses: std %.4g uS measured, %.4g uS Eq. 7 (%.4g clipped)",
-            r["sigma_w"],
-            r["pulses"],
-            r["std_measured_uS"],
-            r["std_eq7_uS"],
-            r["std_eq7_clipped_uS"],
-        )
-
+    _pulse_response(path, label, params, _NUM_PULSES.value)
+    _write_noise(path, label, params, sigma_ws, _NUM_DEVICES.value, _SEED.value)
     summary = dict(
         device=_DEVICE.value,
         **device_summary(params),
         presets={n: device_summary(device.preset(n)) for n in device.PRESETS},
     )
     outputs = ["pulse_response.csv", "pulse_response.png", "write_noise.csv", "write_noise.png"]
-
     if measured is not None:
-        logging.info(
-            "fitting %s: %d reads, %d ramps, %d adam steps",
-            _FIT.value,
-            len(measured.ramp),
-            measured.ramp.max() + 1,
-            _FIT_STEPS.value,
-        )
-        result = fitting.fit(measured, params, num_steps=_FIT_STEPS.value)
-        fitted = device_summary(result.params)
-        fit_rows = [
-            dict(
-                cycle=int(c),
-                pulse_index=int(i),
-                polarity=int(p),
-                measured_uS=m * 1e6,
-                fitted_uS=f * 1e6,
-            )
-            for c, i, p, m, f in zip(
-                measured.cycle,
-                measured.pulse_index,
-                measured.polarity,
-                measured.conductance,
-                result.predicted,
-                strict=True,
-            )
-        ]
-        _write_csv(path("fit.csv"), fit_rows)
-        title = (
-            f"{os.path.basename(_FIT.value)}: RMS {result.rms * 1e6:.3g} uS = "
-            f"{100 * result.rel_rms:.2f} % of the range; window {fitted['params']['window']:.3g}"
-        )
-        _plot_fit(path("fit.png"), measured, result.predicted, title)
-        summary["fit"] = dict(
-            data=_FIT.value,
-            num_reads=len(measured.ramp),
-            num_ramps=int(measured.ramp.max() + 1),
-            steps=_FIT_STEPS.value,
-            rms_uS=result.rms * 1e6,
-            rel_rms=result.rel_rms,
-            final_loss=float(result.losses[-1]),
-            fitted=fitted,
-        )
-        logging.info(
-            "fit: RMS %.4g uS = %.2f %% of the measured range; G %.4g..%.4g uS, "
-            "a+ %.4g, a- %.4g, window %.3g",
-            result.rms * 1e6,
-            100 * result.rel_rms,
-            fitted["G_min_uS"],
-            fitted["G_max_uS"],
-            fitted["a_plus"],
-            fitted["a_minus"],
-            fitted["params"]["window"],
-        )
+        summary["fit"], fitted = _fit(path, measured, params, _FIT_STEPS.value)
         outputs += ["fit.csv", "fit.png"]
         if _SAVE_FITTED.value:
             os.makedirs(os.path.dirname(os.path.abspath(_SAVE_FITTED.value)), exist_ok=True)
-            device.save_params(_SAVE_FITTED.value, result.params)
+            device.save_params(_SAVE_FITTED.value, fitted)
             logging.info("fitted params: %s (use --device=%s)", *[_SAVE_FITTED.value] * 2)
-
     with open(path("summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     outputs.append("summary.json")

@@ -7,7 +7,7 @@ Config files are Python files whose `get_config()` returns a `roa_jax.train.Conf
 docstrings give the command and the expected result. `--set name=value` overrides a field.
 Rerunning the same command resumes from the last checkpoint. At the end the best-validation
 checkpoint is evaluated on `--test_tasks` test tasks: the ideal "origin" (exact adaptation)
-and ROA's one-step hardware adaptation at `--test_sigma_w` on the `--eval_device` crossbars,
+and ROA's one-step hardware adaptation at each `--sigma_w` on the `--eval_device` crossbars,
 with rho picked from `--rhos` on the validation classes. Results go to <workdir>/test.json.
 """
 
@@ -34,7 +34,9 @@ flags.DEFINE_string("cache_dir", None, "Cache of preprocessed data (default ~/.c
 flags.DEFINE_integer("stop_after_steps", None, "Stop (with a checkpoint) after this many steps.")
 flags.DEFINE_integer("test_tasks", 600, "Test tasks of the final evaluation (0: skip it).")
 flags.DEFINE_string("eval_device", "paper", "Device preset or .json for ROA evaluation.")
-flags.DEFINE_float("test_sigma_w", 0.0, "Write noise of the final ROA evaluation.")
+flags.DEFINE_list(
+    "sigma_w", ["0", "0.5", "1", "2", "3"], "Write-noise levels of the final ROA evaluation."
+)
 flags.DEFINE_list("rhos", ["0.5", "1", "2", "4"], "Relative learning rates searched on val.")
 
 
@@ -73,8 +75,9 @@ def main(argv):
     train.quiet_orbax()
     cfg = load_config(FLAGS.config, FLAGS.set)
     rhos = [float(r) for r in FLAGS.rhos]
-    if any(r <= 0 for r in rhos) or FLAGS.test_sigma_w < 0 or FLAGS.test_tasks < 0:
-        raise ValueError("--rhos must be > 0, --test_sigma_w >= 0 and --test_tasks >= 0.")
+    sigmas = [float(s) for s in FLAGS.sigma_w]
+    if any(r <= 0 for r in rhos) or any(s < 0 for s in sigmas) or FLAGS.test_tasks < 0:
+        raise ValueError("--rhos must be > 0, --sigma_w >= 0 and --test_tasks >= 0.")
     from roa_jax import device
 
     device.validate(device.preset(FLAGS.eval_device))
@@ -92,7 +95,7 @@ def main(argv):
             FLAGS.cache_dir,
             FLAGS.test_tasks,
             device.preset(FLAGS.eval_device),
-            FLAGS.test_sigma_w,
+            sigmas,
             rhos,
         )
         result.update(test)

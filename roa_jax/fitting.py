@@ -22,6 +22,12 @@ grow instead of shrinking), and near a bound it trades off against G_min and G_m
 valley. A sigmoid reaches the bound only at infinity: on noise-free curves of a window-1 device
 it left 0.15 % RMS error and G_min 7 % off after 1000 steps, where the projection fits to 1e-7.
 
+What the data determine: with window 1 and ramps that saturate, all of G_min, G_max, a+, a-.
+With window 0 (linear steps) only the steps in S, a (G_max - G_min); the bounds need only hold
+every read, and the rates scale with 1 / (G_max - G_min). The CrossSim fit ends there: G_max
+stays at the largest read (its start value), G_min at 1.38 mS, below every read (1.61 mS), where
+the optimizer path left it.
+
 Unitless data (a `conductance_norm` column, e.g. the aihwkit Gong et al. 2018 file) carry no
 siemens. A free scale and offset would be exactly degenerate with G_min and G_max (a reading is
 G_min + (G_max - G_min) w), so instead the reads are mapped affinely onto a conductance range

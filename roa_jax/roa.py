@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from roa_jax import maml
+from roa_jax import device, maml
 
 
 def constraint(weights: dict, constraint_k: float):
@@ -25,10 +25,23 @@ def constraint(weights: dict, constraint_k: float):
     return sum(jnp.sum(jax.nn.relu(jnp.abs(w) - bound) ** 2) for w in jax.tree.leaves(weights))
 
 
-class Evaluation(NamedTuple):
-    """Query accuracy of each evaluated task."""
+class Hardware(NamedTuple):
+    """The crossbars a task adapts on. A pytree of arrays: noise level, device parameters and
+    pulse policy are traced inputs, so sweeping them neither recompiles nor needs special code.
+    """
 
-    accuracy: jax.Array  # [num_tasks]
+    params: device.DeviceParams
+    sigma_w: jax.Array  # shape=(), dimensionless write noise (Eq. 7)
+    policy: device.PulsePolicy
+
+
+def hardware(params: device.DeviceParams, sigma_w, policy: str = "open_loop") -> Hardware:
+    return Hardware(params, jnp.float32(sigma_w), device.pulse_policy(policy))
+
+
+def writer(hw: Hardware | None) -> maml.Writer | None:
+    """The inner-loop writer for `hw`; None (exact arithmetic) for None."""
+    return None if hw is None else maml.hardware(hw.params, hw.sigma_w, hw.policy)
 
 
 def evaluate_tasks(
@@ -36,19 +49,19 @@ def evaluate_tasks(
     meta: maml.MetaParams,
     episodes,
     num_steps: int,
-    writer: maml.Writer | None = None,
+    hw: Hardware | None = None,
     rho=1.0,
     task_batching: str = "auto",
 ):
-    """Adapts theta_0 to each task with `num_steps` updates through `writer`; query accuracy.
+    """Adapts theta_0 to each task with `num_steps` updates on `hw`; query accuracy per task.
 
-    `writer=None` is the ideal "origin" (exact arithmetic); `maml.hardware(...)` is ROA (one
-    step) or the online baseline (several steps). Each task gets its own noise key.
+    `hw=None` is the ideal "origin" (exact arithmetic); a `Hardware` gives ROA (one step) or
+    the online baseline (several steps). Each task gets its own noise key.
     """
     keys = jax.random.split(key, episodes.query_y.shape[0])
 
     def one(k, episode):
-        return maml.adapt(k, meta, episode, num_steps, writer, rho).accuracy[-1]
+        return maml.adapt(k, meta, episode, num_steps, writer(hw), rho).accuracy[-1]
 
     return maml.map_tasks(one, keys, episodes, strategy=task_batching)
 

@@ -62,6 +62,7 @@ class Config:
     task_batching: str = "auto"  # see maml.map_tasks
     log_every: int = 50
     checkpoint_every: int = 250  # steps; also at every epoch end
+    init_from: str = ""  # a best/ checkpoint to start theta_0 and LSLR from (fine-tuning)
 
     @property
     def total_steps(self) -> int:
@@ -98,6 +99,10 @@ def validate_config(cfg: Config) -> Config:
     device.validate_sigma_w(cfg.train_sigma_w)
     device.pulse_policy(cfg.pulse_policy)
     device.validate(device.preset(cfg.device))
+    if cfg.init_from and not pathlib.Path(cfg.init_from).exists():
+        raise FileNotFoundError(
+            f"init_from={cfg.init_from!r}: no such checkpoint folder (a run's best/ folder)."
+        )
     return cfg
 
 
@@ -156,9 +161,7 @@ def train_writer(cfg: Config) -> maml.Writer | None:
     """Inner-loop writer of meta-training: exact, or the hardware write (hardware-aware)."""
     if not cfg.hardware_inner:
         return None
-    return maml.hardware(
-        device.preset(cfg.device), cfg.train_sigma_w, device.pulse_policy(cfg.pulse_policy)
-    )
+    return roa.writer(roa.hardware(device.preset(cfg.device), cfg.train_sigma_w, cfg.pulse_policy))
 
 
 def init_state(cfg: Config, image_shape) -> TrainState:
@@ -207,7 +210,7 @@ def sample_batch(key, images, num_tasks, cfg: Config, norm):
     )
 
 
-def evaluate(key, meta, images, num_tasks, cfg: Config, norm, writer=None, rho=1.0, num_steps=None):
+def evaluate(key, meta, images, num_tasks, cfg: Config, norm, hw=None, rho=1.0, num_steps=None):
     """Per-task query accuracy over `num_tasks` tasks drawn with `key` (chunks of eval_chunk).
 
     The same key gives the same tasks, so methods evaluated with one key see the same tasks.
@@ -221,17 +224,14 @@ def evaluate(key, meta, images, num_tasks, cfg: Config, norm, writer=None, rho=1
         accs.append(
             np.asarray(
                 _evaluate_jit(
-                    jax.random.fold_in(k, 1), meta, batch, num_steps, writer, rho, cfg.task_batching
+                    jax.random.fold_in(k, 1), meta, batch, num_steps, hw, rho, cfg.task_batching
                 )
             )
         )
     return np.concatenate(accs)[:num_tasks]
 
 
-# A Writer is a NamedTuple of functions, hashable by identity: reuse one to reuse the compile.
-_evaluate_jit = jax.jit(
-    roa.evaluate_tasks, static_argnames=("num_steps", "writer", "task_batching")
-)
+_evaluate_jit = jax.jit(roa.evaluate_tasks, static_argnames=("num_steps", "task_batching"))
 _sample_jit = jax.jit(sample_batch, static_argnames=("num_tasks", "cfg"))
 
 
@@ -414,7 +414,11 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
     val_images = jax.device_put(splits["val"])
     image_shape = splits["train"].shape[2:]
 
-    state = restore_latest(workdir, init_state(cfg, image_shape))
+    state = init_state(cfg, image_shape)
+    if cfg.init_from:
+        meta = load_meta(cfg.init_from, cfg, image_shape)
+        state = TrainState(meta, make_optimizer(cfg).init(meta), state.step)
+    state = restore_latest(workdir, state)
     start = int(state.step)
     if start:
         logging.info("Resumed from %s at step %d.", workdir.checkpoints, start)
@@ -455,7 +459,7 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
             first_order=first_order_at(cfg, epoch),
         )
         done_since_log += 1
-        if (step + 1) % cfg.log_every == 0 or step + 1 == end:
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.total_steps:
             metrics = {k: float(v) for k, v in last_metrics.items()}
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise FloatingPointError(
@@ -510,11 +514,12 @@ def resolve_workdir(path: str) -> str:
 
 
 def final_evaluation(
-    cfg: Config, workdir, data_dir, cache_dir, num_tasks, device_params, sigma_w, rhos
+    cfg: Config, workdir, data_dir, cache_dir, num_tasks, device_params, sigmas, rhos
 ) -> dict:
-    """Test accuracy of the best checkpoint: origin, and hardware adaptation with rho from val.
+    """Test accuracy of the best checkpoint: origin, and ROA's hardware adaptation per noise level.
 
-    rho is chosen on the validation classes (never on test), at the same noise level.
+    For each sigma_w, rho is chosen on the validation classes (never on test) at that noise
+    level; ROA-FLR (rho = 1) is reported beside it. Every method sees the same test tasks.
     """
     splits, norm = load_dataset(cfg, data_dir, cache_dir)
     image_shape = splits["train"].shape[2:]
@@ -522,28 +527,34 @@ def final_evaluation(
     val, test = jax.device_put(splits["val"]), jax.device_put(splits["test"])
     base = jax.random.PRNGKey(cfg.seed)
     val_key, test_key = jax.random.fold_in(base, 2), jax.random.fold_in(base, 3)
-    writer = maml.hardware(device_params, sigma_w, device.pulse_policy(cfg.pulse_policy))
-
-    def hardware_accuracy(key, images, tasks, rho):
-        # Same tasks as the origin evaluation with that key; fold_in keeps the noise separate.
-        return evaluate(key, meta, images, tasks, cfg, norm, writer, rho)
-
-    val_by_rho = {
-        rho: float(np.mean(hardware_accuracy(val_key, val, cfg.val_tasks, rho))) for rho in rhos
-    }
-    best_rho = max(val_by_rho, key=val_by_rho.get)
     origin = roa.confidence_interval(evaluate(test_key, meta, test, num_tasks, cfg, norm))
-    hw = roa.confidence_interval(hardware_accuracy(test_key, test, num_tasks, best_rho))
-    hw_flr = roa.confidence_interval(hardware_accuracy(test_key, test, num_tasks, 1.0))
-    return {
+    result = {
         "test_tasks": num_tasks,
         "origin_accuracy": float(origin[0]),
         "origin_ci95": float(origin[1]),
-        "hardware_sigma_w": sigma_w,
-        "val_accuracy_by_rho": {str(k): v for k, v in val_by_rho.items()},
-        "best_rho": best_rho,
-        "roa_accuracy": float(hw[0]),
-        "roa_ci95": float(hw[1]),
-        "roa_flr_accuracy": float(hw_flr[0]),
-        "roa_flr_ci95": float(hw_flr[1]),
+        "hardware": [],
     }
+    for sigma_w in sigmas:
+        hw = roa.hardware(device_params, sigma_w, cfg.pulse_policy)
+        val_by_rho = {
+            rho: float(np.mean(evaluate(val_key, meta, val, cfg.val_tasks, cfg, norm, hw, rho)))
+            for rho in rhos
+        }
+        best_rho = max(val_by_rho, key=val_by_rho.get)
+        tuned = roa.confidence_interval(
+            evaluate(test_key, meta, test, num_tasks, cfg, norm, hw, best_rho)
+        )
+        flr = roa.confidence_interval(evaluate(test_key, meta, test, num_tasks, cfg, norm, hw, 1.0))
+        result["hardware"].append(
+            {
+                "sigma_w": sigma_w,
+                "val_accuracy_by_rho": {str(k): v for k, v in val_by_rho.items()},
+                "best_rho": best_rho,
+                "roa_accuracy": float(tuned[0]),
+                "roa_ci95": float(tuned[1]),
+                "roa_flr_accuracy": float(flr[0]),
+                "roa_flr_ci95": float(flr[1]),
+            }
+        )
+        logging.info("sigma_w=%g: %s", sigma_w, result["hardware"][-1])
+    return result

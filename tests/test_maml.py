@@ -120,7 +120,7 @@ class InnerLoopTest(parameterized.TestCase):
         self.assertGreater(float(jnp.sum(jnp.abs(grad.lslr["weights"]["head"]))), 0.0)
 
     def test_write_verify_programming_reaches_tolerance(self):
-        meta, ep = _meta(num_steps=1), _episode()
+        meta = _meta(num_steps=1)
         writer = maml.hardware(device.paper(), 0.02, verify_tol=0.05)
         state = writer.start(jax.random.PRNGKey(3), meta.net.weights)
         for name, w in writer.read(state).items():
