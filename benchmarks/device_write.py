@@ -85,7 +85,7 @@ def _one_branch_increment(w, n, params):
     a_plus, a_minus = device.pulse_rates(params)
     up = n >= 0
     x, a = jnp.where(up, w, 1.0 - w), jnp.where(up, a_plus, a_minus)
-    return jnp.where(up, 1.0, -1.0) * device._relax(x, a, params.window, jnp.abs(n))
+    return jnp.where(up, 1.0, -1.0) * device._relax(x, a, params.window, jnp.where(up, n, -n))
 
 
 @contextlib.contextmanager

@@ -76,10 +76,10 @@ def time_jax(num_steps, strategy):
     return _median_time(run, FLAGS.repeats), state.meta, batch, cfg
 
 
-def time_eval(meta, batch, cfg, writer):
+def time_eval(meta, batch, cfg, hw):
     fn = jax.jit(
         lambda k, m, b: roa.evaluate_tasks(
-            k, m, b, cfg.num_inner_steps, writer, 2.0, cfg.task_batching
+            k, m, b, cfg.num_inner_steps, hw, 2.0, cfg.task_batching
         )
     )
     return _median_time(
@@ -150,7 +150,7 @@ def main(argv):
             seconds, meta, batch, cfg = time_jax(num_steps, strategy)
             rows.append((f"meta-step, {num_steps} inner step(s), {strategy}", seconds, reference))
         origin = time_eval(meta, batch, cfg, None)
-        hardware = time_eval(meta, batch, cfg, maml.hardware(device.paper(), 1.0))
+        hardware = time_eval(meta, batch, cfg, roa.hardware(device.paper(), 1.0))
         rows.append((f"eval batch, {num_steps} step(s), origin", origin, float("nan")))
         rows.append((f"eval batch, {num_steps} step(s), hardware write", hardware, float("nan")))
     print(f"{'case':48s} {'jax s':>8s} {'torch s':>8s} {'torch/jax':>9s}")

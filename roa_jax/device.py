@@ -234,10 +234,11 @@ def pulse_increment(w, n, params: DeviceParams):
     `pulse_response`.
     """
     a_plus, a_minus = pulse_rates(params)
-    up = _relax(w, a_plus, params.window, jnp.maximum(n, 0.0))
-    # Depression is potentiation of 1 - w at the depression rate.
-    down = -_relax(1.0 - w, a_minus, params.window, jnp.maximum(-n, 0.0))
-    return jnp.where(n >= 0, up, down)
+    up = n >= 0
+    # Depression is potentiation of 1 - w at the depression rate. Only the pulse's own
+    # polarity is computed (one transcendental per device, not two).
+    x, a = jnp.where(up, w, 1.0 - w), jnp.where(up, a_plus, a_minus)
+    return jnp.where(up, 1.0, -1.0) * _relax(x, a, params.window, jnp.where(up, n, -n))
 
 
 def pulse_response(w, n, params: DeviceParams):
@@ -334,7 +335,10 @@ def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None 
     magnitude = jnp.where(pulsed, jnp.abs(dg_actual) + _TINY, 1.0)
     sigma = jnp.where(pulsed, sigma_w * jnp.sqrt(magnitude * (g_max - g_min)), 0.0)  # Eq. 7
     noise = sigma * jax.random.normal(key, jnp.shape(sigma), dtype=jnp.result_type(g))
-    g_new = jnp.where(pulsed, jnp.clip(g_pulsed + noise, g_min, g_max), g)
+    # No `where(pulsed, ..., g)`: a device with n = 0 already gets dG_actual = 0 and no noise,
+    # and leaving it out keeps the straight-through gradient d(g_new)/d(dg) for devices whose
+    # update rounded to zero pulses.
+    g_new = jnp.clip(g_pulsed + noise, g_min, g_max)
     return g_new, n
 
 

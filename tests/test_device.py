@@ -140,6 +140,22 @@ class DeviceTest(parameterized.TestCase):
         chex.assert_tree_all_finite(grads)
         self.assertGreater(float(jnp.sum(jnp.abs(grads[1]))), 0.0)
 
+    def test_straight_through_gradient_reaches_zero_pulse_devices(self):
+        # An update under half a step writes nothing, yet d(g_new)/d(dg) is the slope of the
+        # continuous response (straight-through), so hardware-aware meta-training can learn
+        # to enlarge such updates.
+        g = _mid_g(PAPER, (3,))
+        up, _ = device.nominal_steps(PAPER)
+        dg = jnp.array([0.0, 0.2, -0.2]) * up
+
+        def total(dg):
+            g_new, n = device.write(jax.random.PRNGKey(9), g, dg, PAPER, sigma_w=1.0)
+            return jnp.sum(g_new), n
+
+        grad, n = jax.grad(total, has_aux=True)(dg)
+        np.testing.assert_array_equal(n, 0.0)
+        np.testing.assert_allclose(grad, 1.0, rtol=0.1)
+
     @chex.variants(with_jit=True, without_jit=True)
     def test_write_jit_equals_no_jit(self):
         g = jnp.linspace(1e-5, 1.2e-4, 32)
