@@ -157,11 +157,12 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     return optax.adam(schedule)
 
 
-def train_writer(cfg: Config) -> maml.Writer | None:
-    """Inner-loop writer of meta-training: exact, or the hardware write (hardware-aware)."""
+def train_hardware(cfg: Config) -> roa.Hardware | None:
+    """Crossbars of the inner loop in meta-training: None (exact), or with hardware_inner the
+    configured device, noise and pulse policy (hardware-aware meta-training)."""
     if not cfg.hardware_inner:
         return None
-    return roa.writer(roa.hardware(device.preset(cfg.device), cfg.train_sigma_w, cfg.pulse_policy))
+    return roa.hardware(device.preset(cfg.device), cfg.train_sigma_w, cfg.pulse_policy)
 
 
 def init_state(cfg: Config, image_shape) -> TrainState:
@@ -173,7 +174,7 @@ def init_state(cfg: Config, image_shape) -> TrainState:
 def meta_loss(meta, episodes, key, msl_w, cfg: Config, first_order: bool):
     """MAML++ meta-loss of a batch of tasks plus the ROA constraint on theta_0."""
     keys = jax.random.split(key, episodes.query_y.shape[0])
-    writer = train_writer(cfg)
+    writer = roa.writer(train_hardware(cfg))
 
     def task(k, episode):
         result = maml.adapt(k, meta, episode, cfg.num_inner_steps, writer, first_order=first_order)
@@ -434,6 +435,9 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
 
     base = jax.random.PRNGKey(cfg.seed)
     train_key, val_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+    # Validation measures what the run optimizes: exact adaptation, or with hardware_inner the
+    # same hardware write as the inner loop (so the best checkpoint is the best on hardware).
+    val_hw = train_hardware(cfg)
     step_fn = jax.jit(train_step, static_argnames=("cfg", "first_order"))
     norm = tuple(jnp.asarray(x, jnp.float32) for x in norm)
 
@@ -484,7 +488,7 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
             t0, done_since_log = time.time(), 0
         epoch_end = (step + 1) % cfg.iterations_per_epoch == 0
         if epoch_end:
-            accs = evaluate(val_key, state.meta, val_images, cfg.val_tasks, cfg, norm)
+            accs = evaluate(val_key, state.meta, val_images, cfg.val_tasks, cfg, norm, val_hw)
             mean, ci = roa.confidence_interval(accs)
             logging.info("epoch %d validation accuracy %.4f +- %.4f", epoch, mean, ci)
             val_log.write(
