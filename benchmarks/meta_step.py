@@ -78,9 +78,7 @@ def time_jax(num_steps, strategy):
 
 def time_eval(meta, batch, cfg, hw):
     fn = jax.jit(
-        lambda k, m, b: roa.evaluate_tasks(
-            k, m, b, cfg.num_inner_steps, hw, 2.0, cfg.task_batching
-        )
+        lambda k, m, b: roa.evaluate_tasks(k, m, b, cfg.num_inner_steps, hw, 2.0, cfg.task_batching)
     )
     return _median_time(
         lambda: jax.block_until_ready(fn(jax.random.PRNGKey(2), meta, batch)), FLAGS.repeats

@@ -41,6 +41,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
+from roa_jax.data import paths
+
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)  # height, width, RGB
 NUM_INSTANCES = 600  # images per class in every split
@@ -104,19 +106,14 @@ needs only its own zip and CSV; the other splits may be added later.
 
 
 def _data_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
-    data_dir = data_dir if data_dir is not None else os.environ.get("ROA_DATA_DIR")
-    if not data_dir:
+    root = paths.data_root(data_dir)
+    if root is None:
         raise ValueError(
             "ROA_DATA_DIR is not set: pass data_dir (or --data_dir), or set ROA_DATA_DIR, "
             f"to a folder whose {_SUBDIR}/ subfolder holds the miniImageNet zips and CSVs "
             "(layout of /work/shared/data)."
         )
-    return pathlib.Path(data_dir).expanduser()
-
-
-def _cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:
-    cache_dir = cache_dir or os.environ.get("ROA_CACHE_DIR") or "~/.cache/roa_jax"
-    return pathlib.Path(cache_dir).expanduser()
+    return root
 
 
 def _check_split_name(split: str) -> None:
@@ -304,7 +301,7 @@ def load_miniimagenet(
     mini_dir = _data_root(data_dir) / _SUBDIR
     for split in splits:
         _split_files(mini_dir, split)
-    cache_root = _cache_root(cache_dir)
+    cache_root = paths.cache_root(cache_dir)
     return {split: _load_split(mini_dir, split, cache_root) for split in splits}
 
 
@@ -407,7 +404,7 @@ def build_tfds(
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     for split in splits:
         _split_files(mini_dir, split)
-    tfds_root = pathlib.Path(tfds_dir).expanduser() if tfds_dir else _cache_root(None) / "tfds"
+    tfds_root = pathlib.Path(tfds_dir).expanduser() if tfds_dir else paths.cache_root(None) / "tfds"
     builders = {}
     for split in splits:
         builder = MiniImagenet(config=split, data_dir=str(tfds_root))

@@ -28,6 +28,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from roa_jax.data import paths
+
 NUM_CLASSES = 1623  # 964 background + 659 evaluation characters
 NUM_INSTANCES = 20  # drawers per character
 SOURCE_SIZE = 105  # px, height and width of the source images
@@ -35,16 +37,6 @@ SPLIT_SIZES = (1150, 50, 423)  # train / val / test classes, as in MAML
 _TFDS_SPLITS = ("train", "test")  # images_background, images_evaluation; small1/2 are subsets
 _ZIP_FILES = ("images_background.zip", "images_evaluation.zip")
 _CACHE_FORMAT = 1  # bump when the preprocessing changes, to ignore stale caches
-
-
-def _data_root(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
-    data_dir = data_dir if data_dir is not None else os.environ.get("ROA_DATA_DIR")
-    return pathlib.Path(data_dir).expanduser() if data_dir else None
-
-
-def _cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:
-    cache_dir = cache_dir or os.environ.get("ROA_CACHE_DIR") or "~/.cache/roa_jax"
-    return pathlib.Path(cache_dir).expanduser()
 
 
 def _check_omniglot_dir(omniglot_dir: pathlib.Path) -> None:
@@ -179,8 +171,8 @@ def omniglot_classes(
             f"image_size={image_size!r} is out of range: use an integer in 1..{SOURCE_SIZE} "
             "(Omniglot images are 105 x 105; 28 is the usual size)."
         )
-    data_root = _data_root(data_dir)
-    cache_root = _cache_root(cache_dir)
+    data_root = paths.data_root(data_dir)
+    cache_root = paths.cache_root(cache_dir)
     cache_file = cache_root / f"omniglot_v{_CACHE_FORMAT}_{image_size}px.npz"
     shape = (NUM_CLASSES, NUM_INSTANCES, image_size, image_size, 1)
     if cache_file.is_file():
