@@ -19,27 +19,15 @@ second-order meta-step of 4 tasks measured, so ~19 s for 2 (estimated), ~264 h o
 accelerator. See BUILD_NOTES.md ("miniImageNet").
 """
 
+import dataclasses
+
+from experiments.configs.miniimagenet_5w1s import get_config as base_config
 from roa_jax.train import Config
 
 
 def get_config() -> Config:
-    return Config(
-        dataset="miniimagenet",
-        n_way=5,
-        k_shot=1,
-        n_query=15,
-        image_size=84,
-        width=48,
+    return dataclasses.replace(
+        base_config(),
         num_inner_steps=5,
-        inner_lr=0.01,
-        meta_lr=1e-3,
-        min_meta_lr=1e-5,
-        meta_batch_size=2,
-        epochs=100,
-        iterations_per_epoch=500,
-        msl_epochs=15,  # MAML++ multi-step loss, annealed to the last step over 15 epochs
-        first_order_epochs=0,  # second order throughout, as the MAML++ miniImageNet config
-        constraint_k=4.0,
-        constraint_lambda=0.1,
-        val_tasks=600,
+        msl_epochs=15,
     )

@@ -16,26 +16,15 @@ Commands (stage 1, then this; the final evaluation runs 600 test tasks):
 Expected result: see BUILD_NOTES.md ("Omniglot 5-way 1-shot, CPU scale").
 """
 
+import dataclasses
+
+from experiments.configs.omniglot_5w1s_cpu_software import get_config as base_config
 from roa_jax.train import Config
 
 
 def get_config() -> Config:
-    return Config(
-        dataset="omniglot",
-        n_way=5,
-        k_shot=1,
-        n_query=15,
-        width=64,
-        num_inner_steps=1,
-        inner_lr=0.1,
-        meta_batch_size=8,
-        epochs=10,
-        iterations_per_epoch=100,
-        first_order_epochs=10,
-        msl_epochs=0,
-        constraint_k=4.0,
-        constraint_lambda=0.1,
-        val_tasks=200,
+    return dataclasses.replace(
+        base_config(),
         hardware_inner=True,
         device="paper",
         train_sigma_w=0.0,
