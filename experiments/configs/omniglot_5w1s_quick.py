@@ -1,4 +1,4 @@
-"""A short ROA run on Omniglot 5-way 1-shot: the README's main job (about 10 min on 2 cores).
+"""A short ROA run on Omniglot 5-way 1-shot: the README's main job (12 min on 2 cores).
 
 3 epochs x 100 meta-steps of 8 tasks, first order throughout, 100 validation tasks per epoch;
 then meta_train.py evaluates the best checkpoint on 600 test tasks: origin, and ROA's one-step
