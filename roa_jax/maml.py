@@ -73,16 +73,14 @@ def hardware(
     """
 
     def start(key, weights):
-        exact = {k: crossbar.program(w, params, differential) for k, w in weights.items()}
         if verify_tol is None:
-            return exact
+            return {k: crossbar.program(w, params, differential) for k, w in weights.items()}
         # Write-verify from a blank (all-zero-weight) array to the targets.
-        blank = jax.tree.map(jnp.zeros_like, weights)
         keys = dict(zip(weights, jax.random.split(key, len(weights)), strict=True))
         return {
             k: crossbar.write_verify(
                 keys[k],
-                crossbar.program(blank[k], params, differential),
+                crossbar.program(jnp.zeros_like(w), params, differential),
                 w,
                 params,
                 sigma_w,
