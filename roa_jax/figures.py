@@ -1,0 +1,150 @@
+"""The paper's Figures 3-6 and Table 2 from a results dict (reproduce.evaluate_models)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from roa_jax.reproduce import mean_by_sigma  # noqa: E402
+
+
+def _method(results, name):
+    return [r for r in results["methods"] if r["method"] == name]
+
+
+def _references(ax, results):
+    """Chance level and the ideal origin line of the ROA network."""
+    ax.axhline(100 * results["chance"], color="grey", ls=":", label="chance")
+    origin = results["parts"].get("roa_origin")
+    if origin:
+        ax.axhline(100 * origin["rows"][0]["accuracy"], color="black", ls="--", label="origin")
+    ax.set_xlabel(r"write noise $\sigma_w$")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+
+
+def _curves(ax, results, methods):
+    for name, style in methods:
+        rows = _method(results, name)
+        if rows:
+            s, acc, ci = mean_by_sigma(rows)
+            ax.errorbar(s, 100 * acc, yerr=100 * ci, capsize=3, label=name, **style)
+    _references(ax, results)
+    ax.legend(fontsize=8)
+
+
+def figure3(results, path):
+    """(A) 1-step (ROA) vs 5-step online accuracy; (B) the best rho (chosen on val) vs noise."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    _curves(a, results, [("ROA", {"marker": "o"}), ("5-step", {"marker": "s"})])
+    a.set_title(f"(A) {results['title']}: 1-step vs 5-step")
+    best = results["best_rho"].get("roa", {})
+    if best:
+        s = sorted(best)
+        b.plot(s, [best[x] for x in s], marker="o", label="ROA (rho chosen on val)")
+        b.set_yscale("log", base=2)
+        b.set_xlabel(r"write noise $\sigma_w$")
+        b.set_ylabel(r"best relative learning rate $\rho$")
+        b.grid(alpha=0.3)
+        b.legend(fontsize=8)
+    b.set_title("(B) best rho vs noise")
+    return _save(fig, path)
+
+
+def figure4(results, path):
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    _curves(ax, results, [("ROA", {"marker": "o"}), ("offline", {"marker": "^"})])
+    ax.set_title(f"{results['title']}: offline (5-step, 1 write) vs ROA")
+    return _save(fig, path)
+
+
+def figure5(results, path):
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    methods = ["ROA", "ROA-WC", "ROA-FLR", "ROA-WC-FLR (MAML++)"]
+    _curves(ax, results, [(m, {"marker": mk}) for m, mk in zip(methods, "osD^", strict=True)])
+    ax.set_title(f"{results['title']}: ablations")
+    return _save(fig, path)
+
+
+def figure6(results, path):
+    """Heatmap of ROA test accuracy over noise x rho."""
+    rows = results["parts"]["roa_test"]["rows"]
+    sigmas = sorted({r["sigma_w"] for r in rows})
+    rhos = sorted({r["rho"] for r in rows})
+    acc = np.full((len(rhos), len(sigmas)), np.nan)
+    for r in rows:
+        acc[rhos.index(r["rho"]), sigmas.index(r["sigma_w"])] = 100 * r["accuracy"]
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 1.5 + 0.8 * len(sigmas)), max(3.5, 1.5 + 0.6 * len(rhos)))
+    )
+    image = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    for i in range(len(rhos)):
+        for j in range(len(sigmas)):
+            value = acc[i, j]
+            color = "white" if value < 60 else "black"
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
+    ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
+    ax.set_xlabel(r"write noise $\sigma_w$")
+    ax.set_ylabel(r"relative learning rate $\rho$")
+    ax.set_title(f"{results['title']}: ROA test accuracy (%)")
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return _save(fig, path)
+
+
+def table2(results) -> str:
+    """Markdown: methods x noise levels, mean +- 95 % CI (%), chance and origin noted."""
+    methods = ["ROA", "5-step", "ROA-WC", "ROA-FLR", "ROA-WC-FLR (MAML++)", "offline"]
+    sigmas = sorted({r["sigma_w"] for r in results["methods"]})
+    lines = [
+        f"Table 2 ({results['title']}): test accuracy (%), mean of {results['seeds']} repeats "
+        f"+- 95 % CI over all tasks. Chance {100 * results['chance']:.1f} %."
+    ]
+    origin = results["parts"].get("roa_origin")
+    if origin:
+        row = origin["rows"][0]
+        lines[0] += (
+            f" Origin (ideal weights) {100 * row['accuracy']:.1f} +- {100 * row['ci95']:.1f}."
+        )
+    lines += ["", "| method | " + " | ".join(f"σw={s:g}" for s in sigmas) + " |"]
+    lines.append("|---" * (len(sigmas) + 1) + "|")
+    for method in methods:
+        rows = {r["sigma_w"]: r for r in _method(results, method)}
+        if not rows:
+            continue
+        cells = [
+            f"{100 * rows[s]['accuracy']:.1f} ± {100 * rows[s]['ci95']:.1f}" if s in rows else ""
+            for s in sigmas
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    best = results["best_rho"].get("roa")
+    if best:
+        lines.append("| ROA's rho (val) | " + " | ".join(f"{best[s]:g}" for s in sigmas) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def make_all(results, out_dir) -> list[pathlib.Path]:
+    """Writes figure3-6.png and table2.md to out_dir; returns their paths."""
+    out = pathlib.Path(out_dir)
+    paths = [
+        figure3(results, out / "figure3.png"),
+        figure4(results, out / "figure4.png"),
+        figure5(results, out / "figure5.png"),
+    ]
+    if "roa_test" in results["parts"]:
+        paths.append(figure6(results, out / "figure6.png"))
+    (out / "table2.md").write_text(table2(results))
+    return [*paths, out / "table2.md"]
