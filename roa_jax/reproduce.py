@@ -175,7 +175,15 @@ def _parts(models: dict, proto: Protocol) -> list[_Part]:
         )
     if "five_step" in models:
         parts.append(
-            _Part("five_step_test", "five_step", "test", "adapt", 5, sweep([1.0]), proto.test_tasks)
+            _Part(
+                "five_step_test",
+                "five_step",
+                "test",
+                "adapt",
+                models["five_step"][0].num_inner_steps,
+                sweep([1.0]),
+                proto.test_tasks,
+            )
         )
     parts.append(
         _Part(
