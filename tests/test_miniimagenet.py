@@ -18,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from roa_jax import device, train
+from roa_jax import device, figures, reproduce, train
 from roa_jax.data import episodes
 from roa_jax.data import miniimagenet as mi
 
@@ -349,6 +349,15 @@ def test_meta_train_and_evaluate_end_to_end(tmp_path):
         accuracies += [row["roa_accuracy"], row["roa_flr_accuracy"]]
         assert all(0.0 <= a <= 1.0 for a in accuracies)
         assert np.isfinite(row["roa_ci95"]) and np.isfinite(row["roa_flr_ci95"])
+
+    # The reproduce.py path: every method over noise x rho x seed, figures and Table 2.
+    models = reproduce.load_models({"roa": workdir}, (84, 84, 3))
+    proto = reproduce.Protocol((0.0, 1.0), (1.0, 4.0), 2, 2, 2, offline_steps=1, chunk=2)
+    results = reproduce.evaluate_models(models, splits, norm, proto, tmp_path / "eval", "mini")
+    assert {r["method"] for r in results["methods"]} == {"ROA", "ROA-FLR", "offline"}
+    assert results["chance"] == pytest.approx(0.2)
+    names = {p.name for p in figures.make_all(results, tmp_path)}
+    assert {"figure3.png", "figure6.png", "table2.md"} <= names
 
 
 def test_meta_train_without_usable_splits_fails_before_training(data_root, tmp_path):
