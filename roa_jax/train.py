@@ -53,6 +53,9 @@ class Config:
     constraint_k: float = 4.0  # ROA constraint range [-1/k, 1/k]; k = 1 is ROA-WC
     constraint_lambda: float = 0.1  # lambda_c; 0 disables the constraint
     hardware_inner: bool = False  # meta-train through the differentiable hardware write
+    # With hardware_inner: weight of the exact-update query loss beside the hardware one, so
+    # theta_0 stays good for exact adaptation ("origin") while it learns to survive the write.
+    exact_loss_weight: float = 0.0
     device: str = "paper"  # preset name or .json (hardware-aware meta-training)
     train_sigma_w: float = 0.0  # write noise of hardware-aware meta-training
     pulse_policy: str = "open_loop"
@@ -88,6 +91,10 @@ def validate_config(cfg: Config) -> Config:
         raise ValueError(f"num_inner_steps={cfg.num_inner_steps} must be >= 0.")
     if cfg.constraint_k < 1:
         raise ValueError(f"constraint_k={cfg.constraint_k} must be >= 1 (k = 1: full range).")
+    if not 0.0 <= cfg.exact_loss_weight <= 1.0:
+        raise ValueError(f"exact_loss_weight={cfg.exact_loss_weight} must be in [0, 1].")
+    if cfg.exact_loss_weight > 0 and not cfg.hardware_inner:
+        raise ValueError("exact_loss_weight > 0 needs hardware_inner=True (else it is the loss).")
     if cfg.constraint_lambda < 0:
         raise ValueError(f"constraint_lambda={cfg.constraint_lambda} must be >= 0.")
     if cfg.dataset not in DATASETS:
@@ -178,7 +185,12 @@ def meta_loss(meta, episodes, key, msl_w, cfg: Config, first_order: bool):
 
     def task(k, episode):
         result = maml.adapt(k, meta, episode, cfg.num_inner_steps, writer, first_order=first_order)
-        return jnp.sum(msl_w * result.loss), result.accuracy[-1]
+        loss = jnp.sum(msl_w * result.loss)
+        if cfg.exact_loss_weight > 0:
+            exact = maml.adapt(k, meta, episode, cfg.num_inner_steps, first_order=first_order)
+            w = cfg.exact_loss_weight
+            loss = (1 - w) * loss + w * jnp.sum(msl_w * exact.loss)
+        return loss, result.accuracy[-1]
 
     losses, accs = maml.map_tasks(task, keys, episodes, strategy=cfg.task_batching)
     penalty = roa.constraint(meta.net.weights, cfg.constraint_k)

@@ -1,5 +1,7 @@
 """MAML++ inner loop, meta-gradients and hardware adaptation (roa_jax/maml.py, roa.py)."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -118,6 +120,22 @@ class InnerLoopTest(parameterized.TestCase):
         grad = jax.grad(lambda m: maml.adapt(jax.random.PRNGKey(1), m, ep, 1, writer).loss[0])(meta)
         chex.assert_tree_all_finite(grad)
         self.assertGreater(float(jnp.sum(jnp.abs(grad.lslr["weights"]["head"]))), 0.0)
+
+    def test_exact_loss_weight_mixes_exact_and_hardware_losses(self):
+        meta = _meta(num_steps=1, inner_lr=2.0)
+        episodes = jax.tree.map(lambda *x: jnp.stack(x), _episode(0), _episode(1))
+        cfg = train.Config(
+            n_way=3, num_inner_steps=1, constraint_lambda=0.0, task_batching="unroll"
+        )
+        hw = dataclasses.replace(cfg, hardware_inner=True, train_sigma_w=0.5)
+        msl_w = jnp.ones((1,))
+        key = jax.random.PRNGKey(4)
+        loss = lambda c: float(train.meta_loss(meta, episodes, key, msl_w, c, False)[0])
+        exact, hardware = loss(cfg), loss(hw)
+        self.assertNotAlmostEqual(exact, hardware, places=4)
+        self.assertAlmostEqual(loss(dataclasses.replace(hw, exact_loss_weight=1.0)), exact, 5)
+        mixed = loss(dataclasses.replace(hw, exact_loss_weight=0.25))
+        self.assertAlmostEqual(mixed, 0.75 * hardware + 0.25 * exact, 5)
 
     def test_write_verify_programming_reaches_tolerance(self):
         meta = _meta(num_steps=1)

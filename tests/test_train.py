@@ -93,6 +93,8 @@ def test_meta_training_on_synthetic_tasks_beats_chance():
         (dict(train_sigma_w=-1.0), "sigma_w"),
         (dict(pulse_policy="closed"), "pulse_policy"),
         (dict(device="nope"), "preset"),
+        (dict(exact_loss_weight=1.5), "exact_loss_weight"),
+        (dict(exact_loss_weight=0.5), "needs hardware_inner"),
     ],
 )
 def test_bad_config_raises(change, message):
