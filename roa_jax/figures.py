@@ -73,28 +73,28 @@ def figure5(results, path):
 
 
 def figure6(results, path):
-    """Heatmap of ROA test accuracy over noise x rho."""
-    rows = results["parts"]["roa_test"]["rows"]
-    sigmas = sorted({r["sigma_w"] for r in rows})
-    rhos = sorted({r["rho"] for r in rows})
-    acc = np.full((len(rhos), len(sigmas)), np.nan)
-    for r in rows:
-        acc[rhos.index(r["rho"]), sigmas.index(r["sigma_w"])] = 100 * r["accuracy"]
-    fig, ax = plt.subplots(
-        figsize=(max(6.0, 1.5 + 0.8 * len(sigmas)), max(3.5, 1.5 + 0.6 * len(rhos)))
-    )
-    image = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
-    for i in range(len(rhos)):
-        for j in range(len(sigmas)):
-            value = acc[i, j]
-            color = "white" if value < 60 else "black"
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8, color=color)
-    ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
-    ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
-    ax.set_xlabel(r"write noise $\sigma_w$")
-    ax.set_ylabel(r"relative learning rate $\rho$")
-    ax.set_title(f"{results['title']}: ROA test accuracy (%)")
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    """Heatmaps of test accuracy over noise x rho: (A) ROA, (B) ROA-WC (where evaluated)."""
+    panels = [(p, t) for p, t in (("roa_test", "ROA"), ("roa_wc_test", "ROA-WC"))]
+    panels = [(p, t) for p, t in panels if p in results["parts"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, letter, (part, title) in zip(axes[0], "AB", panels, strict=False):
+        rows = results["parts"][part]["rows"]
+        sigmas = sorted({r["sigma_w"] for r in rows})
+        rhos = sorted({r["rho"] for r in rows})
+        acc = np.full((len(rhos), len(sigmas)), np.nan)
+        for r in rows:
+            acc[rhos.index(r["rho"]), sigmas.index(r["sigma_w"])] = 100 * r["accuracy"]
+        image = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
+        for i in range(len(rhos)):
+            for j in range(len(sigmas)):
+                color = "white" if acc[i, j] < 60 else "black"
+                ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
+        ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
+        ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
+        ax.set_xlabel(r"write noise $\sigma_w$")
+        ax.set_ylabel(r"relative learning rate $\rho$")
+        ax.set_title(f"({letter}) {title}, {results['title']}: test accuracy (%)")
+        fig.colorbar(image, ax=ax, label="accuracy (%)")
     return _save(fig, path)
 
 
