@@ -223,3 +223,16 @@ def test_reproduce_binary_rejects_a_bad_task_before_training(tmp_path):
     assert proc.returncode != 0
     assert "--task='omniglot_7w1s'" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_evaluate_binary_rejects_a_missing_checkpoint_and_bad_rhos(tmp_path):
+    base = [sys.executable, "experiments/evaluate.py", f"--out_dir={tmp_path / 'out'}"]
+    run = lambda *flags: subprocess.run(
+        [*base, *flags], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    missing = run(f"--roa={tmp_path / 'nope'}")
+    assert missing.returncode != 0 and "--roa=" in missing.stderr
+    assert "meta-train it first" in missing.stderr
+    rhos = run(f"--roa={tmp_path}", "--rhos=2,4")
+    assert rhos.returncode != 0 and "must include 1" in rhos.stderr
+    assert not (tmp_path / "out").exists()
