@@ -243,11 +243,13 @@ def evaluate_models(
                 results["parts"][part.name] = saved
                 logging.info("Part %s: loaded from %s.", part.name, file)
                 continue
-        start = time.time()
+        start = last_log = time.time()
 
         def progress(done, total, name=part.name, start=start):
-            if done == total or done % 10 == 0:
-                rate = done / (time.time() - start)
+            nonlocal last_log
+            if done == total or time.time() - last_log > 60:
+                last_log = time.time()
+                rate = done / (last_log - start)
                 logging.info(
                     "Part %s: chunk %d/%d, %.2f chunks/s, ETA %.1f min",
                     name,
