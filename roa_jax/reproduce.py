@@ -74,7 +74,7 @@ def protocol(scale: str) -> Protocol:
     if scale == "paper":
         return Protocol(PAPER_SIGMAS, (0.25, 0.5, 1.0, 2.0, 4.0, 8.0), 4, 600, 600)
     if scale == "cpu":
-        return Protocol(PAPER_SIGMAS, (0.5, 1.0, 2.0, 4.0), 4, 150, 100)
+        return Protocol((0.0, 0.25, 0.5, 1.0, 2.0, 3.0), (0.5, 1.0, 2.0, 4.0), 4, 75, 100)
     if scale == "tiny":
         return Protocol((0.0, 1.0), (1.0, 2.0), 2, 8, 8, offline_steps=2, chunk=4)
     raise ValueError(f"--scale={scale!r} is not one of {SCALES}.")
@@ -136,6 +136,12 @@ def model_config(task: str, model: str, scale: str) -> train.Config:
 def _fingerprint(*objects) -> str:
     text = json.dumps([_jsonable(o) for o in objects], sort_keys=True, default=np.ndarray.tolist)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _digest(tree) -> str:
+    """Hash of a pytree's array values: a retrained checkpoint invalidates its parts."""
+    data = b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(tree))
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _jsonable(obj):
@@ -236,7 +242,15 @@ def evaluate_models(
             task_batching=cfg.task_batching,
         )
         file = parts_dir / f"{part.name}.json"
-        fingerprint = _fingerprint(setting, part.grid._asdict(), part.num_tasks, proto, seed, cfg)
+        fingerprint = _fingerprint(
+            setting,
+            part.grid._asdict(),
+            part.num_tasks,
+            proto.eval_device,
+            seed,
+            cfg,
+            _digest(meta),
+        )
         if file.exists():
             saved = json.loads(file.read_text())
             if saved.get("fingerprint") == fingerprint:
