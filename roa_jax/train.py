@@ -277,7 +277,8 @@ class Workdir:
 def _check_config_matches(workdir: Workdir, cfg: Config) -> None:
     saved = workdir.config_json
     if saved.exists():
-        old = json.loads(saved.read_text())
+        # A field added to Config after the run started counts at its default value.
+        old = {**dataclasses.asdict(Config()), **json.loads(saved.read_text())}
         new = dataclasses.asdict(cfg)
         diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v and k != "epochs"}
         if diff:

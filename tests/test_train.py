@@ -55,6 +55,15 @@ def test_changed_config_refuses_to_resume(tmp_path):
     train.fit(TINY, tmp_path, stop_after_steps=1)
     with pytest.raises(ValueError, match="different config"):
         train.fit(dataclasses.replace(TINY, inner_lr=0.5), tmp_path)
+    # A run saved before a Config field existed resumes when the field is at its default.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["exact_loss_weight"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert train.fit(TINY, tmp_path, stop_after_steps=2)["step"] == 2
+    saved["init_from"] = "elsewhere"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="different config"):
+        train.fit(TINY, tmp_path)
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
