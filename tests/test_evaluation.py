@@ -205,7 +205,8 @@ def test_protocol_and_task_validation():
     assert reproduce.model_config("omniglot_5w1s", "roa_wc", "cpu").constraint_k == 1.0
     assert reproduce.model_config("omniglot_5w1s", "five_step", "paper").num_inner_steps == 5
     assert maml.default_task_batching("gpu") == "vmap"
-    assert evaluation.default_sweep_batching("cpu") == "map"
+    assert evaluation.default_sweep_batching("cpu") == "loop"
+    assert evaluation.default_sweep_batching("gpu") == "vmap"
 
 
 def test_reproduce_binary_rejects_a_bad_task_before_training(tmp_path):
