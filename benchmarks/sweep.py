@@ -6,8 +6,8 @@ r"""A noise sweep as one compiled program against the same work as a Python loop
 Evaluates ROA's one-step hardware adaptation (paper device, open-loop writes) of a conv4 on
 Omniglot-shaped random tasks at --levels noise levels in [0, 3], --tasks tasks per level, with
 each strategy of evaluation.sweep: 'unroll', 'vmap' and 'map' (the whole grid in one
-compiled program per chunk of tasks), 'loop' (one compiled program per level, called from Python: the
-reference) and 'auto' (the backend's default: loop on XLA:CPU, vmap on accelerators).
+compiled program per chunk of tasks), 'loop' (one compiled program per level, called from
+Python: the reference) and 'auto' (the backend's default: loop on XLA:CPU, vmap on accelerators).
 Prints seconds (after a warm-up compile of each), the ratio loop / strategy (> 1: faster
 than the loop), and the largest accuracy difference against the loop.
 No dataset needed.
