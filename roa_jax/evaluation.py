@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from roa_jax import crossbar, device, maml, models, roa
+from roa_jax import device, maml, models, roa
 from roa_jax.data import episodes as episodes_lib
 
 KINDS = ("adapt", "origin", "offline")
@@ -98,21 +98,9 @@ def offline_adapt(key, episode, setting: Setting, hw: roa.Hardware):
         return jax.tree.map(lambda p, g: p - setting.offline_lr * g, params, grads)
 
     weights, biases = jax.lax.fori_loop(0, setting.num_steps, sgd, (net.weights, net.biases))
-    keys = dict(zip(weights, jax.random.split(k_write, len(weights)), strict=True))
-    mapped = {
-        k: crossbar.weights(
-            crossbar.write_update(
-                keys[k],
-                crossbar.program(jnp.zeros_like(w), hw.params),
-                w,
-                hw.params,
-                hw.sigma_w,
-                hw.policy,
-            )[0],
-            hw.params,
-        )
-        for k, w in weights.items()
-    }
+    writer = roa.writer(hw)
+    blank = writer.start(None, jax.tree.map(jnp.zeros_like, weights))  # exact: no key used
+    mapped = writer.read(writer.write(k_write, blank, weights))
     logits = models.apply(mapped, biases, net.bn, episode.query_x)
     return models.accuracy(logits, episode.query_y)
 
@@ -214,14 +202,15 @@ def summarize(accuracies, grid: Grid) -> list[dict]:
     for sigma_w, rho in keys:
         sel = (grid.sigma_w == np.float32(sigma_w)) & (grid.rho == np.float32(rho))
         per_seed = accuracies[sel]  # [seeds, tasks]
+        seed_means = per_seed.mean(axis=1)
         _, ci = roa.confidence_interval(per_seed.ravel())
         rows.append(
             {
                 "sigma_w": sigma_w,
                 "rho": rho,
-                "accuracy": float(np.mean(per_seed.mean(axis=1))),
+                "accuracy": float(np.mean(seed_means)),
                 "ci95": float(ci),
-                "seed_accuracies": [float(x) for x in per_seed.mean(axis=1)],
+                "seed_accuracies": [float(x) for x in seed_means],
                 "tasks": int(per_seed.size),
             }
         )
