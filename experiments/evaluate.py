@@ -53,7 +53,7 @@ def main(argv):
         offline_steps=FLAGS.offline_steps,
         eval_device=FLAGS.eval_device,
     )
-    reproduce.check_rhos(proto)
+    reproduce.check_protocol(proto)
     for m, path in workdirs.items():
         if not train.Workdir(path).best.exists():
             raise FileNotFoundError(f"--{m}={path}: no best/ checkpoint; meta-train it first.")

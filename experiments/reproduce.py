@@ -47,7 +47,7 @@ def main(argv):
     if unknown or "roa" not in FLAGS.models:
         raise ValueError(f"--models={FLAGS.models}: choose from {reproduce.MODELS}, with 'roa'.")
     proto = reproduce.protocol(FLAGS.scale)
-    reproduce.check_rhos(proto)
+    reproduce.check_protocol(proto)
     configs = {
         m: train.validate_config(reproduce.model_config(FLAGS.task, m, FLAGS.scale))
         for m in FLAGS.models

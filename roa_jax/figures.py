@@ -10,7 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from roa_jax.reproduce import mean_by_sigma  # noqa: E402
+
+def _by_sigma(rows):
+    """(sigma_w, accuracy, ci95) arrays of `rows`, in increasing sigma_w."""
+    rows = sorted(rows, key=lambda r: r["sigma_w"])
+    return tuple(np.array([r[k] for r in rows]) for k in ("sigma_w", "accuracy", "ci95"))
 
 
 def _method(results, name):
@@ -33,7 +37,7 @@ def _curves(ax, results, methods):
     for name, style in methods:
         rows = _method(results, name)
         if rows:
-            s, acc, ci = mean_by_sigma(rows)
+            s, acc, ci = _by_sigma(rows)
             ax.errorbar(s, 100 * acc, yerr=100 * ci, capsize=3, label=name, **style)
     _references(ax, results)
     ax.legend(fontsize=8)

@@ -216,6 +216,7 @@ def evaluate_models(
     parts_dir = pathlib.Path(out_dir, "parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
     params = device.preset(proto.eval_device)
+    images = {split: jax.device_put(splits[split]) for split in ("val", "test")}
     any_cfg = next(iter(models.values()))[0]
     base = jax.random.PRNGKey(seed)
     split_keys = {"val": jax.random.fold_in(base, 0), "test": jax.random.fold_in(base, 1)}
@@ -276,7 +277,7 @@ def evaluate_models(
         accs = evaluation.sweep(
             split_keys[part.split],
             meta,
-            jax.device_put(splits[part.split]),
+            images[part.split],
             norm,
             params,
             part.grid,
@@ -334,35 +335,24 @@ def write_csv(results: dict, path) -> None:
 
     fields = ["table", "name", "split", "kind", "num_steps", "sigma_w", "rho", "accuracy", "ci95"]
     fields += ["tasks", "seed_accuracies"]
+
+    def line(row, **labels):
+        numbers = {k: row[k] for k in ("sigma_w", "rho", "accuracy", "ci95", "tasks")}
+        seeds = " ".join(f"{a:.4f}" for a in row["seed_accuracies"])
+        return {**labels, **numbers, "seed_accuracies": seeds}
+
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
         for name, part in results["parts"].items():
-            for row in part["rows"]:
-                writer.writerow(
-                    {
-                        "table": "part",
-                        "name": name,
-                        "split": part["split"],
-                        "kind": part["kind"],
-                        "num_steps": part["num_steps"],
-                        **{k: row[k] for k in ("sigma_w", "rho", "accuracy", "ci95", "tasks")},
-                        "seed_accuracies": " ".join(f"{a:.4f}" for a in row["seed_accuracies"]),
-                    }
-                )
+            labels = {k: part[k] for k in ("split", "kind", "num_steps")}
+            writer.writerows(line(row, table="part", name=name, **labels) for row in part["rows"])
         for row in results["methods"]:
-            writer.writerow(
-                {
-                    "table": "method",
-                    "name": row["method"],
-                    "split": "test",
-                    **{k: row[k] for k in ("sigma_w", "rho", "accuracy", "ci95", "tasks")},
-                    "seed_accuracies": " ".join(f"{a:.4f}" for a in row["seed_accuracies"]),
-                }
-            )
+            writer.writerow(line(row, table="method", name=row["method"], split="test"))
 
 
-def check_rhos(proto: Protocol) -> None:
+def check_protocol(proto: Protocol) -> None:
+    """Raises ValueError naming the protocol field that is out of range."""
     if 1.0 not in proto.rhos:
         raise ValueError(f"rhos={proto.rhos} must include 1 (the fixed-rate, FLR, methods).")
     if any(r <= 0 for r in proto.rhos) or any(s < 0 for s in proto.sigmas):
@@ -398,11 +388,6 @@ def check_same_tasks(models: dict) -> None:
         raise ValueError(f"The models were trained on different task shapes: {shapes}.")
 
 
-def as_float_keys(best_rho: dict) -> dict:
-    """JSON turns the float keys of best_rho into strings; this turns them back."""
-    return {m: {float(s): r for s, r in d.items()} for m, d in best_rho.items()}
-
-
 def save_results(results: dict, out_dir) -> None:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,14 +397,7 @@ def save_results(results: dict, out_dir) -> None:
 
 def load_results(out_dir) -> dict:
     results = json.loads(pathlib.Path(out_dir, "results.json").read_text())
-    results["best_rho"] = as_float_keys(results["best_rho"])
+    # JSON turned the float noise-level keys of best_rho into strings.
+    best = results["best_rho"]
+    results["best_rho"] = {m: {float(s): r for s, r in d.items()} for m, d in best.items()}
     return results
-
-
-def mean_by_sigma(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = sorted(rows, key=lambda r: r["sigma_w"])
-    return (
-        np.array([r["sigma_w"] for r in rows]),
-        np.array([r["accuracy"] for r in rows]),
-        np.array([r["ci95"] for r in rows]),
-    )

@@ -197,7 +197,7 @@ def test_offline_depends_on_noise(data):
 
 def test_protocol_and_task_validation():
     with pytest.raises(ValueError, match="must include 1"):
-        reproduce.check_rhos(PROTO._replace(rhos=(2.0, 4.0)))
+        reproduce.check_protocol(PROTO._replace(rhos=(2.0, 4.0)))
     with pytest.raises(ValueError, match="--task"):
         reproduce.model_config("omniglot_7w1s", "roa", "cpu")
     with pytest.raises(ValueError, match="--scale"):
