@@ -47,7 +47,8 @@ def _omniglot(n_way, width=64):
 
 
 def _miniimagenet():
-    # The MAML++ miniImageNet settings of experiments/configs/miniimagenet_5w1s.py.
+    # MAML++ miniImageNet 5-way 1-shot (Antoniou et al. 2018); experiments/configs/
+    # miniimagenet_5w1s.py builds on this.
     return train.Config(
         dataset="miniimagenet",
         image_size=84,
