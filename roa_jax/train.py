@@ -448,9 +448,6 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
 
     base = jax.random.PRNGKey(cfg.seed)
     train_key, val_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
-    # Validation measures what the run optimizes: exact adaptation, or with hardware_inner the
-    # same hardware write as the inner loop (so the best checkpoint is the best on hardware).
-    val_hw = train_hardware(cfg)
     step_fn = jax.jit(train_step, static_argnames=("cfg", "first_order"))
     norm = tuple(jnp.asarray(x, jnp.float32) for x in norm)
 
@@ -501,8 +498,7 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
             t0, done_since_log = time.time(), 0
         epoch_end = (step + 1) % cfg.iterations_per_epoch == 0
         if epoch_end:
-            accs = evaluate(val_key, state.meta, val_images, cfg.val_tasks, cfg, norm, val_hw)
-            mean, ci = roa.confidence_interval(accs)
+            mean, ci = validate(val_key, state.meta, val_images, cfg, norm)
             logging.info("epoch %d validation accuracy %.4f +- %.4f", epoch, mean, ci)
             val_log.write(
                 {"step": step + 1, "epoch": epoch, "accuracy": float(mean), "ci95": float(ci)}
@@ -524,6 +520,24 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
         "best_step": best.get("step"),
         "step": int(state.step),
     }
+
+
+def validate(key, meta, images, cfg: Config, norm):
+    """(mean, ci95) of the validation score, which measures what the run optimizes.
+
+    Exact adaptation; with hardware_inner the same hardware write as the inner loop, mixed per
+    task with the exact adaptation's accuracy by `exact_loss_weight` (so the best checkpoint is
+    the best for the meta-loss's own mix).
+    """
+    accs = evaluate(key, meta, images, cfg.val_tasks, cfg, norm, train_hardware(cfg))
+    w = cfg.exact_loss_weight
+    if w > 0:
+        exact = evaluate(key, meta, images, cfg.val_tasks, cfg, norm)
+        logging.info(
+            "validation: hardware %.4f, exact %.4f", float(np.mean(accs)), float(np.mean(exact))
+        )
+        accs = (1 - w) * accs + w * exact
+    return roa.confidence_interval(accs)
 
 
 def resolve_workdir(path: str) -> str:

@@ -137,6 +137,33 @@ class InnerLoopTest(parameterized.TestCase):
         mixed = loss(dataclasses.replace(hw, exact_loss_weight=0.25))
         self.assertAlmostEqual(mixed, 0.75 * hardware + 0.25 * exact, 5)
 
+    def test_validation_scores_the_same_mix_as_the_loss(self):
+        images = synthetic.synthetic_classes(0, 10, 20, image_size=16)
+        meta = _meta(num_steps=1, inner_lr=2.0)
+        cfg = train.Config(
+            n_way=3,
+            k_shot=1,
+            n_query=4,
+            image_size=16,
+            width=WIDTH,
+            num_inner_steps=1,
+            val_tasks=6,
+            eval_chunk=3,
+            task_batching="unroll",
+            hardware_inner=True,
+            train_sigma_w=0.5,
+        )
+        norm, key = (0.0, 1.0), jax.random.PRNGKey(5)
+        hardware = train.validate(key, meta, images, cfg, norm)[0]
+        exact = train.validate(
+            key, meta, images, dataclasses.replace(cfg, exact_loss_weight=1.0), norm
+        )[0]
+        mixed = train.validate(
+            key, meta, images, dataclasses.replace(cfg, exact_loss_weight=0.25), norm
+        )[0]
+        self.assertNotAlmostEqual(float(hardware), float(exact), places=4)
+        self.assertAlmostEqual(float(mixed), 0.75 * float(hardware) + 0.25 * float(exact), 5)
+
     def test_write_verify_programming_reaches_tolerance(self):
         meta = _meta(num_steps=1)
         writer = maml.hardware(device.paper(), 0.02, verify_tol=0.05)
