@@ -4,12 +4,14 @@ r"""Time of one second-order MAML++ meta-step, against the same step written pla
   python benchmarks/meta_step.py                      # conv4-64, 5-way 1-shot, 8 tasks
   python benchmarks/meta_step.py --strategies=unroll,vmap,map --inner_steps=1
 
-Prints seconds per meta-step (median of --repeats after a warm-up) for each inner-step count
-and task-batching strategy, the time of one evaluation batch (ideal and hardware one-step
-adaptation of --meta_batch tasks), and the ratio PyTorch / JAX measured in the same run
-(> 1: JAX is faster). Random data of the Omniglot shape; no dataset needed.
+Prints seconds per meta-step (median of --repeats interleaved rounds after a warm-up) for each
+inner-step count and task-batching strategy, the same step with JAX's own convolution
+derivatives instead of models.conv3x3's, the time of one evaluation batch (ideal and hardware
+one-step adaptation of --meta_batch tasks), and the ratio PyTorch / JAX measured in the same
+run (> 1: JAX is faster). Random data of the Omniglot shape; no dataset needed.
 """
 
+import functools
 import os
 import statistics
 import sys
@@ -22,7 +24,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from roa_jax import device, maml, roa, train  # noqa: E402
+from roa_jax import device, maml, models, roa, train  # noqa: E402
 from roa_jax.data import episodes as episodes_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -34,16 +36,26 @@ flags.DEFINE_integer("image_size", 28, "Image side (28: Omniglot, 84: miniImageN
 flags.DEFINE_integer("channels", 1, "Image channels.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
+flags.DEFINE_bool(
+    "lax_conv", True, "Also time the first strategy with JAX's own convolution derivatives."
+)
 
 
-def _median_time(fn, repeats):
-    fn()  # warm-up (compile)
-    times = []
+def _median_times(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, timed in interleaved rounds after a warm-up.
+
+    Interleaving matters on a shared VM, whose speed drifts by 20-30 % over minutes: each
+    round times every function once, so a drift slows them all alike and the ratio holds.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (compile)
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _episodes(key, cfg):
@@ -55,7 +67,9 @@ def _episodes(key, cfg):
     )
 
 
-def time_jax(num_steps, strategy):
+def jax_fn(num_steps, strategy, lax_conv=False):
+    """The jitted meta-step, compiled now; lax_conv: with JAX's own derivative rules for the
+    convolutions instead of models.conv3x3's (the reference for that choice)."""
     cfg = train.Config(
         num_inner_steps=num_steps,
         width=FLAGS.width,
@@ -67,25 +81,28 @@ def time_jax(num_steps, strategy):
     state = train.init_state(cfg, shape)
     batch = _episodes(jax.random.PRNGKey(0), cfg)
     msl_w = maml.msl_weights(num_steps, 0, cfg.msl_epochs)
-    step = jax.jit(train.train_step, static_argnames=("cfg", "first_order"))
+    step = functools.partial(train.train_step, cfg=cfg, first_order=False)
+    conv3x3 = models.conv3x3
+    models.conv3x3 = conv3x3.fun if lax_conv else conv3x3
+    try:
+        step = jax.jit(step).lower(state, batch, jax.random.PRNGKey(1), msl_w).compile()
+    finally:
+        models.conv3x3 = conv3x3
 
     def run():
-        new, metrics = step(state, batch, jax.random.PRNGKey(1), msl_w, cfg=cfg, first_order=False)
-        jax.block_until_ready((new, metrics))
+        jax.block_until_ready(step(state, batch, jax.random.PRNGKey(1), msl_w))
 
-    return _median_time(run, FLAGS.repeats), state.meta, batch, cfg
+    return run, state.meta, batch, cfg
 
 
-def time_eval(meta, batch, cfg, hw):
+def eval_fn(meta, batch, cfg, hw):
     fn = jax.jit(
         lambda k, m, b: roa.evaluate_tasks(k, m, b, cfg.num_inner_steps, hw, 2.0, cfg.task_batching)
     )
-    return _median_time(
-        lambda: jax.block_until_ready(fn(jax.random.PRNGKey(2), meta, batch)), FLAGS.repeats
-    )
+    return lambda: jax.block_until_ready(fn(jax.random.PRNGKey(2), meta, batch))
 
 
-def time_torch(num_steps):
+def torch_fn(num_steps):
     """The same meta-step in plain PyTorch: a loop over tasks, autograd with create_graph."""
     import torch
     import torch.nn.functional as F  # noqa: N812
@@ -131,7 +148,7 @@ def time_torch(num_steps):
         (total / FLAGS.meta_batch).backward()
         opt.step()
 
-    return _median_time(run, FLAGS.repeats)
+    return run
 
 
 def main(argv):
@@ -143,20 +160,38 @@ def main(argv):
     )
     rows = []
     for num_steps in map(int, FLAGS.inner_steps):
-        reference = time_torch(num_steps) if FLAGS.torch else float("nan")
-        timed = {}
+        fns, timed = {}, {}
+        if FLAGS.torch:
+            fns["torch"] = torch_fn(num_steps)
         for strategy in FLAGS.strategies:
-            seconds, *timed[strategy] = time_jax(num_steps, strategy)
-            rows.append((f"meta-step, {num_steps} inner step(s), {strategy}", seconds, reference))
+            fns[strategy], *timed[strategy] = jax_fn(num_steps, strategy)
+        if FLAGS.lax_conv:
+            fns["lax_conv"] = jax_fn(num_steps, FLAGS.strategies[0], lax_conv=True)[0]
         # Evaluation is timed with the first strategy given (the backend default: unroll).
         meta, batch, cfg = timed[FLAGS.strategies[0]]
-        origin = time_eval(meta, batch, cfg, None)
-        hardware = time_eval(meta, batch, cfg, roa.hardware(device.paper(), 1.0))
-        rows.append((f"eval batch, {num_steps} step(s), origin", origin, float("nan")))
-        rows.append((f"eval batch, {num_steps} step(s), hardware write", hardware, float("nan")))
-    print(f"{'case':48s} {'jax s':>8s} {'torch s':>8s} {'torch/jax':>9s}")
+        fns["origin"] = eval_fn(meta, batch, cfg, None)
+        fns["hardware"] = eval_fn(meta, batch, cfg, roa.hardware(device.paper(), 1.0))
+        seconds = _median_times(fns, FLAGS.repeats)
+        reference = seconds.get("torch", float("nan"))
+        for strategy in FLAGS.strategies:
+            rows.append(
+                (f"meta-step, {num_steps} inner step(s), {strategy}", seconds[strategy], reference)
+            )
+        if FLAGS.lax_conv:
+            rows.append(
+                (
+                    f"meta-step, {num_steps} inner step(s), {FLAGS.strategies[0]}, lax.conv rules",
+                    seconds["lax_conv"],
+                    reference,
+                )
+            )
+        rows.append((f"eval batch, {num_steps} step(s), origin", seconds["origin"], float("nan")))
+        rows.append(
+            (f"eval batch, {num_steps} step(s), hardware write", seconds["hardware"], float("nan"))
+        )
+    print(f"{'case':62s} {'jax s':>8s} {'torch s':>8s} {'torch/jax':>9s}")
     for name, seconds, reference in rows:
-        print(f"{name:48s} {seconds:8.3f} {reference:8.3f} {reference / seconds:9.2f}")
+        print(f"{name:62s} {seconds:8.3f} {reference:8.3f} {reference / seconds:9.2f}")
 
 
 if __name__ == "__main__":

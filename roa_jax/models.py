@@ -7,13 +7,15 @@ The network is a pure function of three parameter groups:
   - `biases`: the head bias, in the digital periphery (updated exactly);
   - `bn`: batch-norm scale and offset per layer and per inner step (MAML++ BNWB), also digital.
 
-Convolutions run as `lax.conv` on the weights the crossbar computes with; crossbar_test shows
-that equals the crossbar's patch-matrix MAC. Batch norm uses the statistics of the batch it
-normalizes, per inner step (transductive, as the MAML++ release evaluates).
+Convolutions (`conv3x3`, a `lax.conv` with hand-written derivatives) run on the weights the
+crossbar computes with; crossbar_test shows that equals the crossbar's patch-matrix MAC.
+Batch norm uses the statistics of the batch it normalizes, per inner step (transductive, as
+the MAML++ release evaluates).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -80,13 +82,63 @@ def _max_pool(x):
     return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
+@jax.custom_vjp
+def conv3x3(x, w):
+    """3x3 'SAME' stride-1 convolution, NHWC images x HWIO kernel -> NHWC.
+
+    Mathematically `lax.conv_general_dilated`; its derivatives are written out so that every
+    derivative of every order is again a forward NHWC convolution or the one filter-gradient
+    convolution (`_filter_grad`): d/dx is the convolution with the flipped, transposed kernel,
+    and the filter gradient's own derivatives are two forward convolutions. JAX's generic
+    transpose rules instead give MAML's second derivatives convolutions in transposed layouts
+    (batch innermost) that XLA:CPU runs several times slower; this measured 1.08-1.17x faster
+    per second-order meta-step on 2 cores (BUILD_NOTES.md, "Speed").
+    """
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _flip_transpose(w):
+    """The kernel whose convolution is the transpose of w's: spatially flipped, in <-> out."""
+    return jnp.flip(w, (0, 1)).swapaxes(2, 3)
+
+
+def _conv3x3_fwd(x, w):
+    return conv3x3(x, w), (x, w)
+
+
+def _conv3x3_bwd(res, g):
+    x, w = res
+    return conv3x3(g, _flip_transpose(w)), _filter_grad(x, g, w.shape)
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _filter_grad(x, g, shape):
+    """d<g, conv3x3(x, w)>/dw for a kernel of `shape` (XLA's filter-gradient convolution)."""
+    return jax.vjp(lambda w: conv3x3.fun(x, w), jnp.zeros(shape, x.dtype))[1](g)[0]
+
+
+def _filter_grad_fwd(x, g, shape):
+    return _filter_grad(x, g, shape), (x, g)
+
+
+def _filter_grad_bwd(shape, res, dw):
+    x, g = res
+    return conv3x3(g, _flip_transpose(dw)), conv3x3(x, dw)
+
+
+_filter_grad.defvjp(_filter_grad_fwd, _filter_grad_bwd)
+
+
 def apply(weights: dict, biases: dict, bn: dict, x, bn_step=0):
     """Logits of images `x` [batch, H, W, C], using the BN parameters of inner step `bn_step`."""
     for i in range(NUM_CONV):
         name = f"conv{i}"
-        x = jax.lax.conv_general_dilated(
-            x, weights[name], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        x = conv3x3(x, weights[name])
         x = _batch_norm(x, bn[name]["scale"][bn_step], bn[name]["offset"][bn_step])
         x = jax.nn.relu(x)
         x = _max_pool(x)
