@@ -1,7 +1,7 @@
 """ROA for Omniglot 5-way 1-shot at CPU scale, stage 2: hardware-aware meta-training.
 
 Starts from stage 1 (omniglot_5w1s_cpu_software.py: software pre-training, as the paper) and
-meta-trains 6 more epochs x 100 meta-steps of 8 tasks, first order, with the inner step run
+meta-trains 10 more epochs x 100 meta-steps of 8 tasks, first order, with the inner step run
 twice per task: through the differentiable hardware write of the `paper` device at
 sigma_w = 0 (`hardware_inner`), and exactly. The meta-loss is the mean of the two query losses
 (`exact_loss_weight=0.5`), so theta_0 and the LSLR rates learn to survive the 31-level
@@ -32,6 +32,6 @@ def get_config() -> Config:
         device="paper",
         train_sigma_w=0.0,
         exact_loss_weight=0.5,
-        epochs=6,
+        epochs=10,
         init_from="runs/omniglot_5w1s_cpu_software/best",
     )
