@@ -16,7 +16,9 @@ Commands (stage 1, then this; the final evaluation runs 600 test tasks):
   python experiments/meta_train.py --config=experiments/configs/omniglot_5w1s_cpu.py \
       --workdir=runs/omniglot_5w1s_cpu
 
-Expected result: see BUILD_NOTES.md ("Omniglot 5-way 1-shot, CPU scale").
+Expected result (measured, 2 cores; BUILD_NOTES.md, "Omniglot 5-way 1-shot, CPU scale"): 31 min
+of training, then on 600 test tasks origin 95.6 +- 0.4 % and ROA's one hardware write at
+sigma_w = 0 95.4 +- 0.4 %.
 """
 
 import dataclasses

@@ -8,7 +8,8 @@ Command:
   python experiments/meta_train.py --config=experiments/configs/omniglot_5w1s_cpu_software.py \
       --workdir=runs/omniglot_5w1s_cpu_software
 
-Expected result: see BUILD_NOTES.md ("Omniglot 5-way 1-shot, CPU scale").
+Expected result (measured, 2 cores; BUILD_NOTES.md, "Omniglot 5-way 1-shot, CPU scale"): 23 min,
+best validation accuracy (exact adaptation, 200 tasks) 94.2 +- 0.7 %.
 """
 
 from roa_jax.train import Config
