@@ -91,8 +91,8 @@ def conv3x3(x, w):
     convolution (`_filter_grad`): d/dx is the convolution with the flipped, transposed kernel,
     and the filter gradient's own derivatives are two forward convolutions. JAX's generic
     transpose rules instead give MAML's second derivatives convolutions in transposed layouts
-    (batch innermost) that XLA:CPU runs several times slower; this measured 1.08-1.17x faster
-    per second-order meta-step on 2 cores (BUILD_NOTES.md, "Speed").
+    (batch innermost) that XLA:CPU runs several times slower; this measured 1.08-1.22x faster
+    per second-order meta-step on 2 cores (BUILD_NOTES.md, "Speed: meta-step").
     """
     return jax.lax.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
