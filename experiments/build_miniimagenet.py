@@ -17,8 +17,7 @@ from roa_jax.data import miniimagenet
 _DATA_DIR = flags.DEFINE_string(
     "data_dir",
     os.environ.get("ROA_DATA_DIR"),
-    "Folder with a miniimagenet/ subfolder (layout of /work/shared/data). "
-    "Default: env ROA_DATA_DIR.",
+    "Folder with a miniimagenet/ subfolder. Default: env ROA_DATA_DIR.",
 )
 _TFDS_DIR = flags.DEFINE_string(
     "tfds_dir",
@@ -39,7 +38,7 @@ def main(argv):
     if not _DATA_DIR.value:
         raise app.UsageError(
             "--data_dir is not set and ROA_DATA_DIR is unset: point either at a folder "
-            "with a miniimagenet/ subfolder (layout of /work/shared/data)."
+            "with a miniimagenet/ subfolder."
         )
     splits = _SPLITS.value or miniimagenet.available_splits(_DATA_DIR.value)
     unknown = sorted(set(splits) - set(miniimagenet.SPLITS))

@@ -1,76 +1,78 @@
-r"""Reproduces the paper for one task: meta-training, evaluation of every method, figures, table.
+r"""Reproduces the paper for one task: meta-training, evaluation of every method, figures, claims.
 
   python experiments/reproduce.py --task=omniglot_5w1s --scale=cpu
 
 Meta-trains the models the comparison needs (ROA, ROA-WC = the MAML++ baseline's network, the
-5-step online baseline; roa_jax/reproduce.py says what each scale reduces), evaluates ROA,
+5-step online baseline; roa_jax/config.py says what each scale reduces), evaluates ROA,
 5-step, offline, ROA-WC, ROA-FLR, ROA-WC-FLR and origin over the noise x rho x seed grid with
-rho chosen on the validation classes, and writes results.json, results.csv, figure3-6.png and
-table2.md to --results_dir. Rerunning the same command resumes: finished meta-training runs
-and evaluated parts are kept, an interrupted run continues from its last checkpoint.
+rho chosen on the validation classes (roa_jax/comparison.py), and writes results.json,
+results.csv, figure3-6.png, table2.md and claims.md/.json to --results_dir. Rerunning the same
+command resumes: finished meta-training runs and evaluated parts are kept, an interrupted run
+continues from its last checkpoint. --train_only stops after meta-training.
 
 Tasks: omniglot_5w1s, omniglot_10w1s, omniglot_20w1s, omniglot_20w1s_w128, miniimagenet_5w1s
-(and synthetic_5w1s, the zero-setup demo). Scales: cpu (this 2-core machine: ~1.5 h for
-omniglot_5w1s), paper (the paper's protocol: 100 epochs x 500 meta-steps, 600 tasks x 4
-repeats), tiny (seconds; tests).
+(and synthetic_5w1s, the zero-setup demo). Scales: quick (the README's main job), cpu (this
+2-core machine), cpu_long (cpu with 10x the meta-steps), paper (the paper's protocol: 100
+epochs x 500 meta-steps, 600 tasks x 4 repeats), tiny (seconds; tests). The evaluation flags
+override the scale's protocol (e.g. --eval_device).
 """
 
 import pathlib
-import sys
 import time
 
-from absl import app, flags, logging
+import common
+from absl import flags, logging
 
-_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(_ROOT))
-
-from roa_jax import figures, reproduce, train  # noqa: E402
+from roa_jax import claims, comparison, data, figures, rundir, train
+from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", "omniglot_5w1s", f"One of {sorted(reproduce.TASKS)}.")
-flags.DEFINE_enum("scale", "cpu", reproduce.SCALES, "Protocol scale.")
+flags.DEFINE_enum("task", "omniglot_5w1s", sorted(config_lib.TASKS), "The paper's task.")
+flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale of meta-training and evaluation.")
 flags.DEFINE_string("workdir", None, "Run folders (default runs/reproduce/<task>_<scale>).")
 flags.DEFINE_string("results_dir", None, "Outputs (default results/<task>_<scale>).")
-flags.DEFINE_list("models", list(reproduce.MODELS), "Models to meta-train and compare.")
-flags.DEFINE_string("data_dir", None, "Dataset root (default: env ROA_DATA_DIR, else download).")
-flags.DEFINE_string("cache_dir", None, "Cache of preprocessed data (default ~/.cache/roa_jax).")
+flags.DEFINE_list("models", list(config_lib.MODELS), "Models to meta-train and compare.")
+flags.DEFINE_bool("train_only", False, "Stop after meta-training (e.g. before a calibration).")
+common.define_data_flags()
+common.define_protocol_flags("cpu")
 
 
 def main(argv):
     del argv
-    train.quiet_orbax()
+    rundir.quiet_orbax()
     start = time.time()
     name = f"{FLAGS.task}_{FLAGS.scale}"
-    workdir = pathlib.Path(FLAGS.workdir or _ROOT / "runs" / "reproduce" / name)
-    results_dir = pathlib.Path(FLAGS.results_dir or _ROOT / "results" / name)
-    unknown = set(FLAGS.models) - set(reproduce.MODELS)
+    workdir = pathlib.Path(FLAGS.workdir or common.ROOT / "runs" / "reproduce" / name)
+    results_dir = pathlib.Path(FLAGS.results_dir or common.ROOT / "results" / name)
+    unknown = set(FLAGS.models) - set(config_lib.MODELS)
     if unknown or "roa" not in FLAGS.models:
-        raise ValueError(f"--models={FLAGS.models}: choose from {reproduce.MODELS}, with 'roa'.")
-    proto = reproduce.protocol(FLAGS.scale)
-    reproduce.check_protocol(proto)
-    configs = {
-        m: train.validate_config(reproduce.model_config(FLAGS.task, m, FLAGS.scale))
-        for m in FLAGS.models
-    }
+        raise ValueError(
+            f"--models={FLAGS.models}: choose from {list(config_lib.MODELS)}, with roa."
+        )
+    proto = common.protocol(FLAGS.scale if FLAGS["eval_scale"].using_default_value else None)
+    configs = {m: config_lib.model_config(FLAGS.task, m, FLAGS.scale) for m in FLAGS.models}
     # Data first: a missing file or too few classes fails here, before any compile.
-    splits, norm = train.load_dataset(configs["roa"], FLAGS.data_dir, FLAGS.cache_dir)
+    splits, norm = data.load_splits(configs["roa"], FLAGS.data_dir, FLAGS.cache_dir)
     for cfg in configs.values():
-        train.check_data(cfg, splits)
+        data.check_splits(cfg, splits)
     for m, cfg in configs.items():
         logging.info("Meta-training %s (%d steps) in %s", m, cfg.total_steps, workdir / m)
         result = train.fit(cfg, workdir / m, FLAGS.data_dir, FLAGS.cache_dir)
         logging.info("%s: %s (%.1f min so far)", m, result, (time.time() - start) / 60)
-    image_shape = splits["train"].shape[2:]
-    models = reproduce.load_models({m: workdir / m for m in configs}, image_shape)
-    results = reproduce.evaluate_models(
-        models, splits, norm, proto, workdir / "evaluation", title=name
-    )
+    if FLAGS.train_only:
+        return
+    trained = {m: train.load_trained(workdir / m) for m in configs}
+    results = comparison.evaluate(trained, splits, norm, proto, workdir / "evaluation", title=name)
     results["seconds"] = time.time() - start
-    reproduce.save_results(results, results_dir)
+    comparison.save(results, results_dir)
     paths = figures.make_all(results, results_dir)
-    logging.info("Wrote %s and results.json/csv in %.1f min.", paths, results["seconds"] / 60)
+    claims.write(claims.evaluate(results, FLAGS.task), results_dir, title=name)
+    logging.info(
+        "Wrote %s, claims.md and results.json/csv in %.1f min.", paths, results["seconds"] / 60
+    )
     print((results_dir / "table2.md").read_text())
+    print((results_dir / "claims.md").read_text())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -1,21 +1,20 @@
-"""Evaluation of every method of the paper (MODEL.md 5) over a grid of noise x rho x seed.
+"""The evaluation engine: any scheme of roa.py over a grid of device x noise x rho x seed.
 
-One grid point is (sigma_w, rho, seed): the write noise of the adaptation writes, ROA's
-relative learning rate and the repeat. The seed picks the tasks, so every point with the same
-seed sees the same tasks (and the same noise draws, scaled by sigma_w): methods and noise
-levels are compared on common random numbers. `sweep` maps the grid with the strategy
-measured fastest on the backend (`default_sweep_batching`, benchmarks/sweep.py): one
-`jax.vmap`-ed program per chunk of tasks on accelerators; on XLA:CPU a Python loop of
-single-point programs, because there a vmap turns the per-point convolutions into grouped
-convolutions (3.2x slower) and a `lax.map` runs its body 2-2.3x slower than the same body
-called from Python.
+One grid point is (device, sigma_w, rho, seed): which of the stacked device parameters (a
+device preset, or one reconstruction of the lost noise law; `stack`), the write noise of the
+adaptation writes, ROA's relative learning rate, and the repeat. The seed picks the tasks, so
+every point with the same seed sees the same tasks (and the same noise draws, scaled by
+sigma_w): methods, devices and noise levels are compared on common random numbers. Device
+parameters, noise level and rho are traced, so one compiled program serves the whole grid;
+`sweep` maps the grid with the strategy measured fastest on the backend
+(`batching.default_grid_strategy`).
 
-Methods, each a `kind` of grid point:
+Kinds of point (`Setting.kind`), each a scheme of roa.py:
   - 'adapt': a meta-trained theta_0 on crossbars, `num_steps` noisy hardware writes with the
     LSLR rates times rho (ROA: 1 step; the online baseline: 5 steps);
-  - 'origin': exact (software) adaptation, the ideal-weight line (sigma_w and rho unused);
-  - 'offline': a network trained for the task in software from a Gaussian initialization
-    with `offline_steps` SGD steps, then mapped onto blank crossbars by ONE open-loop write.
+  - 'origin': exact (software) adaptation, the ideal-weight line (device, sigma_w, rho unused);
+  - 'offline': the network trained per task in software for `num_steps` SGD steps, then
+    mapped onto blank crossbars by ONE open-loop write.
 """
 
 from __future__ import annotations
@@ -23,11 +22,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from roa_jax import device, maml, models, roa
+from roa_jax import batching, device, roa, writers
 from roa_jax.data import episodes as episodes_lib
 
 KINDS = ("adapt", "origin", "offline")
@@ -36,41 +36,41 @@ KINDS = ("adapt", "origin", "offline")
 class Grid(NamedTuple):
     """Grid points as parallel arrays (one entry per point)."""
 
+    device: np.ndarray  # [G] int, index into the stacked device parameters
     sigma_w: np.ndarray  # [G] float
     rho: np.ndarray  # [G] float
     seed: np.ndarray  # [G] int
 
 
-def make_grid(sigmas, rhos, seeds) -> Grid:
-    """The Cartesian product sigmas x rhos x seeds, sigma slowest."""
-    s, r, e = np.meshgrid(
+def make_grid(sigmas, rhos, seeds, devices=(0,)) -> Grid:
+    """The Cartesian product devices x sigmas x rhos x seeds, devices slowest."""
+    d, s, r, e = np.meshgrid(
+        np.asarray(devices, np.int32),
         np.asarray(sigmas, np.float32),
         np.asarray(rhos, np.float32),
         np.asarray(seeds, np.int32),
         indexing="ij",
     )
-    return Grid(s.ravel(), r.ravel(), e.ravel())
+    return Grid(d.ravel(), s.ravel(), r.ravel(), e.ravel())
+
+
+def stack(params: list[device.DeviceParams]) -> device.DeviceParams:
+    """Device parameters stacked on a leading axis, for a grid's `device` index."""
+    return jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v, jnp.float32) for v in x]), *params)
 
 
 class Setting(NamedTuple):
     """What a sweep evaluates, apart from the grid. Hashable: a static jit argument."""
 
     kind: str  # one of KINDS
+    model: nn.Module  # the meta-trained network ('adapt', 'origin') or the offline one
     n_way: int
     k_shot: int
     n_query: int
     num_steps: int = 1  # adaptation writes ('adapt') or SGD steps ('offline')
     chunk: int = 8  # tasks per point per compiled call
-    policy: str = "open_loop"  # pulse policy of the writes
     offline_lr: float = 0.1
-    width: int = 64  # offline network width
-    task_batching: str = "auto"  # tasks inside one point, see maml.map_tasks
-
-
-def default_sweep_batching(backend: str | None = None) -> str:
-    """Measured per backend (benchmarks/sweep.py): a loop of programs on XLA:CPU, vmap elsewhere."""
-    backend = backend or jax.default_backend()
-    return "loop" if backend == "cpu" else "vmap"
+    task_batching: str = "auto"  # tasks inside one point, see batching.map_tasks
 
 
 def task_key(key, seed, chunk):
@@ -78,35 +78,21 @@ def task_key(key, seed, chunk):
     return jax.random.fold_in(jax.random.fold_in(key, seed), chunk)
 
 
-def offline_adapt(key, episode, setting: Setting, hw: roa.Hardware):
-    """Query accuracy of the offline scheme on one task (MODEL.md 5, paper Figure 4).
+def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setting: Setting):
+    """Per-task query accuracy [setting.chunk] of one grid point on one chunk of tasks.
 
-    A conv4 from a Gaussian (He-normal) initialization is trained on the support set in exact
-    arithmetic for `num_steps` SGD steps, then mapped onto crossbars at weight 0 by ONE
-    open-loop write of its weights (quantized, non-linear, with noise `hw.sigma_w`).
+    Args:
+      key: the split's base key.
+      meta: meta-parameters ('adapt', 'origin'); unused by 'offline'.
+      images: uint8 class array of the split.
+      norm: per-channel (mean, std).
+      devices: stacked device parameters (leading axis: the grid's device index).
+      policy: pulse policy of the writes.
+      point: one row of a `Grid` (device, sigma_w, rho, seed), traced.
+      chunk: which chunk of the repeat's tasks.
+      setting: the scheme and the episode shape.
     """
-    k_init, k_write = jax.random.split(key)
-    image_shape = episode.support_x.shape[1:]
-    net = models.init(k_init, setting.n_way, image_shape, setting.width, num_bn_steps=1)
-
-    def support_loss(weights, biases):
-        logits = models.apply(weights, biases, net.bn, episode.support_x)
-        return models.cross_entropy(logits, episode.support_y)
-
-    def sgd(_, params):
-        grads = jax.grad(support_loss, argnums=(0, 1))(*params)
-        return jax.tree.map(lambda p, g: p - setting.offline_lr * g, params, grads)
-
-    weights, biases = jax.lax.fori_loop(0, setting.num_steps, sgd, (net.weights, net.biases))
-    writer = roa.writer(hw)
-    blank = writer.start(None, jax.tree.map(jnp.zeros_like, weights))  # exact: no key used
-    mapped = writer.read(writer.write(k_write, blank, weights))
-    logits = models.apply(mapped, biases, net.bn, episode.query_x)
-    return models.accuracy(logits, episode.query_y)
-
-
-def evaluate_point(key, meta, images, norm, params, sigma_w, rho, seed, chunk, setting: Setting):
-    """Per-task query accuracy [setting.chunk] of one grid point on one chunk of tasks."""
+    device_index, sigma_w, rho, seed = point
     k = task_key(key, seed, chunk)
     episodes = episodes_lib.sample_episodes(
         jax.random.fold_in(k, 0),
@@ -118,29 +104,25 @@ def evaluate_point(key, meta, images, norm, params, sigma_w, rho, seed, chunk, s
         *norm,
     )
     noise_key = jax.random.fold_in(k, 1)
-    hw = roa.Hardware(params, sigma_w, device.pulse_policy(setting.policy))
+    params = jax.tree.map(lambda x: x[device_index], devices)
+    hw = writers.Hardware(params, sigma_w, policy)
+    model, steps, batching_ = setting.model, setting.num_steps, setting.task_batching
     if setting.kind == "origin":
-        return roa.evaluate_tasks(
-            noise_key, meta, episodes, setting.num_steps, None, 1.0, setting.task_batching
-        )
+        return roa.adapt_tasks(noise_key, model, meta, episodes, steps, None, 1.0, batching_)
     if setting.kind == "adapt":
-        return roa.evaluate_tasks(
-            noise_key, meta, episodes, setting.num_steps, hw, rho, setting.task_batching
-        )
+        return roa.adapt_tasks(noise_key, model, meta, episodes, steps, hw, rho, batching_)
     if setting.kind == "offline":
-        keys = jax.random.split(noise_key, setting.chunk)
-        return maml.map_tasks(
-            lambda kk, ep: offline_adapt(kk, ep, setting, hw),
-            keys,
-            episodes,
-            strategy=setting.task_batching,
+        return roa.offline_tasks(
+            noise_key, model, episodes, steps, setting.offline_lr, hw, batching_
         )
     raise ValueError(f"kind={setting.kind!r} is not one of {KINDS}.")
 
 
-def _sweep_chunk(key, meta, images, norm, params, grid, chunk, setting, strategy):
-    point = lambda s, r, e: evaluate_point(key, meta, images, norm, params, s, r, e, chunk, setting)
-    return maml.map_tasks(point, grid.sigma_w, grid.rho, grid.seed, strategy=strategy)
+def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting, strategy):
+    def point(*p):
+        return evaluate_point(key, meta, images, norm, devices, policy, p, chunk, setting)
+
+    return batching.map_tasks(point, *grid, strategy=strategy)
 
 
 _sweep_chunk_jit = jax.jit(_sweep_chunk, static_argnames=("setting", "strategy"))
@@ -152,10 +134,11 @@ def sweep(
     meta,
     images,
     norm,
-    params: device.DeviceParams,
+    devices: device.DeviceParams,
     grid: Grid,
     num_tasks: int,
     setting: Setting,
+    policy: device.PulsePolicy | None = None,
     strategy: str = "auto",
     progress=None,
 ):
@@ -164,17 +147,20 @@ def sweep(
     Args:
       key: base key of the split (tasks and noise derive from it, the point's seed and chunk).
       meta: meta-parameters ('adapt', 'origin'); unused by 'offline'.
-      images: uint8 classes [C, I, H, W, ch] of the split.
+      images: uint8 classes [C, I, H, W, ch] of the split (put on the device once).
       norm: per-channel (mean, std).
-      params: device parameters of the crossbars.
+      devices: device parameters stacked on a leading axis (`stack`), indexed by grid.device.
       grid: the points.
       num_tasks: tasks per point (rounded up to whole chunks, then cut).
-      setting: method and episode shape.
+      setting: scheme and episode shape.
+      policy: pulse policy of the writes; default open_loop.
       strategy: 'auto', 'vmap', 'map' or 'unroll' (one compiled program per chunk over the
-        whole grid), or 'loop' (a Python loop of single-point programs: the reference).
+        whole grid), or 'loop' (a Python loop of single-point programs).
       progress: optional callable(chunks_done, chunks_total).
     """
-    strategy = default_sweep_batching() if strategy == "auto" else strategy
+    batching.check(strategy, batching.GRID_STRATEGIES)
+    strategy = batching.default_grid_strategy() if strategy == "auto" else strategy
+    policy = device.open_loop() if policy is None else policy
     norm = tuple(jnp.asarray(x, jnp.float32) for x in norm)
     grid_j = Grid(*(jnp.asarray(x) for x in grid))
     num_chunks = math.ceil(num_tasks / setting.chunk)
@@ -183,34 +169,47 @@ def sweep(
         if strategy == "loop":
             acc = jnp.stack(
                 [
-                    _point_jit(key, meta, images, norm, params, s, r, e, c, setting)
-                    for s, r, e in zip(*grid_j, strict=True)
+                    _point_jit(key, meta, images, norm, devices, policy, p, c, setting)
+                    for p in zip(*grid_j, strict=True)
                 ]
             )
         else:
-            acc = _sweep_chunk_jit(key, meta, images, norm, params, grid_j, c, setting, strategy)
+            acc = _sweep_chunk_jit(
+                key, meta, images, norm, devices, policy, grid_j, c, setting, strategy
+            )
         out.append(np.asarray(acc))
         if progress is not None:
             progress(c + 1, num_chunks)
     return np.concatenate(out, axis=1)[:, :num_tasks]
 
 
+def confidence_interval(accuracies):
+    """(mean, half-width of the 95 % normal confidence interval) of per-task accuracies."""
+    acc = np.asarray(accuracies, np.float64).ravel()
+    return float(np.mean(acc)), float(1.96 * np.std(acc, ddof=1) / np.sqrt(acc.size))
+
+
 def summarize(accuracies, grid: Grid) -> list[dict]:
-    """One row per (sigma_w, rho): mean of the per-seed means, 95 % CI over all tasks."""
+    """One row per (device, sigma_w, rho): mean of the per-seed means, 95 % CI over all tasks.
+
+    The `device` key is left out of rows of a single-device grid.
+    """
     rows = []
-    keys = sorted({(float(s), float(r)) for s, r in zip(grid.sigma_w, grid.rho, strict=True)})
-    for sigma_w, rho in keys:
-        sel = (grid.sigma_w == np.float32(sigma_w)) & (grid.rho == np.float32(rho))
+    many = len(set(grid.device.tolist())) > 1
+    points = zip(grid.device, grid.sigma_w, grid.rho, strict=True)
+    for d, sigma_w, rho in sorted({(int(d), float(s), float(r)) for d, s, r in points}):
+        sel = (grid.device == d) & (grid.sigma_w == np.float32(sigma_w))
+        sel &= grid.rho == np.float32(rho)
         per_seed = accuracies[sel]  # [seeds, tasks]
-        seed_means = per_seed.mean(axis=1)
-        _, ci = roa.confidence_interval(per_seed.ravel())
+        _, ci = confidence_interval(per_seed)
         rows.append(
             {
+                **({"device": d} if many else {}),
                 "sigma_w": sigma_w,
                 "rho": rho,
-                "accuracy": float(np.mean(seed_means)),
-                "ci95": float(ci),
-                "seed_accuracies": [float(x) for x in seed_means],
+                "accuracy": float(np.mean(per_seed.mean(axis=1))),
+                "ci95": ci,
+                "seed_accuracies": [float(x) for x in per_seed.mean(axis=1)],
                 "tasks": int(per_seed.size),
             }
         )
@@ -218,10 +217,13 @@ def summarize(accuracies, grid: Grid) -> list[dict]:
 
 
 def best_rho(val_rows: list[dict]) -> dict:
-    """{sigma_w: the rho with the highest validation accuracy} (ties: the smaller rho)."""
+    """{sigma_w: the rho with the highest validation accuracy} (ties: the smaller rho).
+
+    Rows of several devices give {(device, sigma_w): rho}.
+    """
     best = {}
-    for row in sorted(val_rows, key=lambda r: (r["sigma_w"], r["rho"])):
-        current = best.get(row["sigma_w"])
-        if current is None or row["accuracy"] > current["accuracy"]:
-            best[row["sigma_w"]] = row
-    return {sigma_w: row["rho"] for sigma_w, row in best.items()}
+    for row in sorted(val_rows, key=lambda r: (r.get("device", 0), r["sigma_w"], r["rho"])):
+        where = (row["device"], row["sigma_w"]) if "device" in row else row["sigma_w"]
+        if where not in best or row["accuracy"] > best[where]["accuracy"]:
+            best[where] = row
+    return {where: row["rho"] for where, row in best.items()}

@@ -1,4 +1,4 @@
-"""The paper's Figures 3-6 and Table 2 from a results dict (reproduce.evaluate_models)."""
+"""The paper's Figures 3-6, Table 2 and an overview from a results dict (comparison.evaluate)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def comparison_methods():
+    from roa_jax import comparison  # matplotlib first; comparison pulls in the whole library
+
+    return comparison.METHODS
 
 
 def _by_sigma(rows):
@@ -24,9 +30,9 @@ def _method(results, name):
 def _references(ax, results):
     """Chance level and the ideal origin line of the ROA network."""
     ax.axhline(100 * results["chance"], color="grey", ls=":", label="chance")
-    origin = results["parts"].get("roa_origin")
+    origin = results.get("origin", {}).get("roa")
     if origin:
-        ax.axhline(100 * origin["rows"][0]["accuracy"], color="black", ls="--", label="origin")
+        ax.axhline(100 * origin["accuracy"], color="black", ls="--", label="origin")
     ax.set_xlabel(r"write noise $\sigma_w$")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -44,21 +50,26 @@ def _curves(ax, results, methods):
 
 
 def figure3(results, path):
-    """(A) 1-step (ROA) vs 5-step online accuracy; (B) the best rho (chosen on val) vs noise."""
+    """(A) 1-step (ROA) vs 5-step online accuracy; (B) their best rho (chosen on val) vs noise."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     _curves(a, results, [("ROA", {"marker": "o"}), ("5-step", {"marker": "s"})])
     a.set_title(f"(A) {results['title']}: 1-step vs 5-step")
-    best = results["best_rho"].get("roa", {})
-    if best:
-        s = sorted(best)
-        b.plot(s, [best[x] for x in s], marker="o", label="ROA (rho chosen on val)")
-        b.set_yscale("log", base=2)
-        b.set_xlabel(r"write noise $\sigma_w$")
-        b.set_ylabel(r"best relative learning rate $\rho$")
-        b.grid(alpha=0.3)
-        b.legend(fontsize=8)
+    _best_rho(b, results)
     b.set_title("(B) best rho vs noise")
     return _save(fig, path)
+
+
+def _best_rho(ax, results):
+    for model, label, marker in (("roa", "ROA", "o"), ("five_step", "5-step", "s")):
+        best = results["best_rho"].get(model, {})
+        if best:
+            s = sorted(best)
+            ax.plot(s, [best[x] for x in s], marker=marker, label=f"{label} (rho chosen on val)")
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel(r"write noise $\sigma_w$")
+    ax.set_ylabel(r"best relative learning rate $\rho$")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def figure4(results, path):
@@ -77,42 +88,54 @@ def figure5(results, path):
 
 
 def figure6(results, path):
-    """Heatmaps of test accuracy over noise x rho: (A) ROA, (B) ROA-WC (where evaluated)."""
-    panels = [(p, t) for p, t in (("roa_test", "ROA"), ("roa_wc_test", "ROA-WC"))]
+    """Heatmaps of test accuracy over noise x rho: (A) ROA, (B) ROA-WC, (C) 5-step."""
+    panels = [("roa_test", "ROA"), ("roa_wc_test", "ROA-WC"), ("five_step_test", "5-step")]
     panels = [(p, t) for p, t in panels if p in results["parts"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
-    for ax, letter, (part, title) in zip(axes[0], "AB", panels, strict=False):
-        rows = results["parts"][part]["rows"]
-        sigmas = sorted({r["sigma_w"] for r in rows})
-        rhos = sorted({r["rho"] for r in rows})
-        acc = np.full((len(rhos), len(sigmas)), np.nan)
-        for r in rows:
-            acc[rhos.index(r["rho"]), sigmas.index(r["sigma_w"])] = 100 * r["accuracy"]
-        image = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
-        for i in range(len(rhos)):
-            for j in range(len(sigmas)):
-                color = "white" if acc[i, j] < 60 else "black"
-                ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
-        ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
-        ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
-        ax.set_xlabel(r"write noise $\sigma_w$")
-        ax.set_ylabel(r"relative learning rate $\rho$")
-        ax.set_title(f"({letter}) {title}, {results['title']}: test accuracy (%)")
-        fig.colorbar(image, ax=ax, label="accuracy (%)")
+    for ax, letter, (part, title) in zip(axes[0], "ABC", panels, strict=False):
+        _heatmap(fig, ax, results["parts"][part]["rows"])
+        ax.set_title(f"({letter}) {title}, {results['title']}: test accuracy (%)", fontsize=9)
+    return _save(fig, path)
+
+
+def _heatmap(fig, ax, rows):
+    sigmas = sorted({r["sigma_w"] for r in rows})
+    rhos = sorted({r["rho"] for r in rows})
+    acc = np.full((len(rhos), len(sigmas)), np.nan)
+    for r in rows:
+        acc[rhos.index(r["rho"]), sigmas.index(r["sigma_w"])] = 100 * r["accuracy"]
+    image = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    for i in range(len(rhos)):
+        for j in range(len(sigmas)):
+            color = "white" if acc[i, j] < 60 else "black"
+            ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
+    ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
+    ax.set_xlabel(r"write noise $\sigma_w$")
+    ax.set_ylabel(r"relative learning rate $\rho$")
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+
+
+def overview(results, path):
+    """Every method against noise in one panel, with chance and origin (the main job's figure)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = "osD^vPx"
+    methods = [m for m, _, _ in comparison_methods()] + ["offline"]
+    _curves(ax, results, [(m, {"marker": k}) for m, k in zip(methods, markers, strict=False)])
+    ax.set_title(f"{results['title']}: one-step ROA against the other schemes")
     return _save(fig, path)
 
 
 def table2(results) -> str:
     """Markdown: methods x noise levels, mean +- 95 % CI (%), chance and origin noted."""
-    methods = ["ROA", "5-step", "ROA-WC", "ROA-FLR", "ROA-WC-FLR (MAML++)", "offline"]
+    methods = [m for m, _, _ in comparison_methods()] + ["offline"]
     sigmas = sorted({r["sigma_w"] for r in results["methods"]})
     lines = [
         f"Table 2 ({results['title']}): test accuracy (%), mean of {results['seeds']} repeats "
         f"+- 95 % CI over all tasks. Chance {100 * results['chance']:.1f} %."
     ]
-    origin = results["parts"].get("roa_origin")
-    if origin:
-        row = origin["rows"][0]
+    row = results.get("origin", {}).get("roa")
+    if row:
         lines[0] += (
             f" Origin (ideal weights) {100 * row['accuracy']:.1f} +- {100 * row['ci95']:.1f}."
         )
@@ -127,9 +150,11 @@ def table2(results) -> str:
             for s in sigmas
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    best = results["best_rho"].get("roa")
-    if best:
-        lines.append("| ROA's rho (val) | " + " | ".join(f"{best[s]:g}" for s in sigmas) + " |")
+    for model, label in (("roa", "ROA"), ("five_step", "5-step")):
+        best = results["best_rho"].get(model)
+        if best:
+            cells = " | ".join(f"{best[s]:g}" if s in best else "" for s in sigmas)
+            lines.append(f"| {label}'s rho (val) | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +166,7 @@ def _save(fig, path):
 
 
 def make_all(results, out_dir) -> list[pathlib.Path]:
-    """Writes figure3-6.png and table2.md to out_dir; returns their paths."""
+    """Writes figure3-6.png, overview.png and table2.md to out_dir; returns their paths."""
     out = pathlib.Path(out_dir)
     paths = [
         figure3(results, out / "figure3.png"),
@@ -150,5 +175,6 @@ def make_all(results, out_dir) -> list[pathlib.Path]:
     ]
     if "roa_test" in results["parts"]:
         paths.append(figure6(results, out / "figure6.png"))
+    paths.append(overview(results, out / "overview.png"))
     (out / "table2.md").write_text(table2(results))
     return [*paths, out / "table2.md"]

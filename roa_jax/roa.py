@@ -1,55 +1,43 @@
-"""ROA: the constraint on theta_0, the relative learning rate, and one-step hardware adaptation.
+"""ROA and the schemes it is compared with: how a new task is learned on crossbars.
 
 Paper sections "ROA", "Regularization Constraint" and "Learning Rate Adjustment" (MODEL.md 4):
 meta-train in software with `lambda_c * R(theta)` added to the meta-loss, program theta_0 onto
 crossbars, then adapt to a new task with ONE noisy hardware write whose inner learning rates
-are scaled by `rho`, and evaluate the query set on the noisy crossbars.
+are scaled by `rho`, and evaluate the query set on the noisy crossbars. The schemes (MODEL.md
+5), each a function of one batch of tasks:
+
+  - `adapt_tasks` with a `Hardware`: ROA (1 write) or the online baseline (5 writes), from a
+    meta-trained theta_0; with `hw=None`, exact adaptation, the ideal "origin";
+  - `offline_tasks`: a network trained for each task in software from a Gaussian
+    initialization, then mapped onto blank crossbars by ONE open-loop write.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roa_jax import device, maml
+from roa_jax import batching, maml, models, writers
 
 
-def constraint(weights: dict, constraint_k: float):
+def constraint(params: dict, constraint_k: float, placement=models.default_placement):
     """R(theta) = sum(relu(|theta| - 1/k)^2) over the crossbar weights (Eqs. 17-18).
 
     Zero while every weight is inside [-1/k, 1/k]; k = 1 is the full weight range (ROA-WC).
     """
     bound = 1.0 / constraint_k
-    return sum(jnp.sum(jax.nn.relu(jnp.abs(w) - bound) ** 2) for w in jax.tree.leaves(weights))
+    on_crossbars = models.split(params, placement)[models.CROSSBAR]
+    return sum(jnp.sum(jax.nn.relu(jnp.abs(w) - bound) ** 2) for w in on_crossbars.values())
 
 
-class Hardware(NamedTuple):
-    """The crossbars a task adapts on. A pytree of arrays: noise level, device parameters and
-    pulse policy are traced inputs, so sweeping them neither recompiles nor needs special code.
-    """
-
-    params: device.DeviceParams
-    sigma_w: jax.Array  # shape=(), dimensionless write noise (Eq. 7)
-    policy: device.PulsePolicy
-
-
-def hardware(params: device.DeviceParams, sigma_w, policy: str = "open_loop") -> Hardware:
-    return Hardware(params, jnp.float32(sigma_w), device.pulse_policy(policy))
-
-
-def writer(hw: Hardware | None) -> maml.Writer | None:
-    """The inner-loop writer for `hw`; None (exact arithmetic) for None."""
-    return None if hw is None else maml.hardware(hw.params, hw.sigma_w, hw.policy)
-
-
-def evaluate_tasks(
+def adapt_tasks(
     key,
+    model: nn.Module,
     meta: maml.MetaParams,
     episodes,
     num_steps: int,
-    hw: Hardware | None = None,
+    hw: writers.Hardware | None = None,
     rho=1.0,
     task_batching: str = "auto",
 ):
@@ -61,13 +49,43 @@ def evaluate_tasks(
     keys = jax.random.split(key, episodes.query_y.shape[0])
 
     def one(k, episode):
-        return maml.adapt(k, meta, episode, num_steps, writer(hw), rho).accuracy[-1]
+        result = maml.adapt(k, model, meta, episode, num_steps, writers.writer(hw), rho)
+        return result.accuracy[-1]
 
-    return maml.map_tasks(one, keys, episodes, strategy=task_batching)
+    return batching.map_tasks(one, keys, episodes, strategy=task_batching)
 
 
-def confidence_interval(accuracies):
-    """(mean, half-width of the 95 % normal confidence interval) of per-task accuracies."""
-    acc = jnp.asarray(accuracies, jnp.float32)
-    n = acc.shape[0]
-    return jnp.mean(acc), 1.96 * jnp.std(acc, ddof=1) / jnp.sqrt(n)
+def offline_adapt(key, model: nn.Module, episode, num_steps: int, lr, hw: writers.Hardware):
+    """Query accuracy of the offline scheme on one task (MODEL.md 5, paper Figure 4).
+
+    `model` (one BN set) from its Gaussian (He-normal) initialization is trained on the
+    support set in exact arithmetic for `num_steps` SGD steps at rate `lr`, then its crossbar
+    weights are mapped onto crossbars at weight 0 by ONE open-loop write (quantized,
+    non-linear, with noise `hw.sigma_w`); biases are digital, BN stays at its initialization.
+    """
+    k_init, k_write = jax.random.split(key)
+    groups = models.split(model.init(k_init, episode.support_x)["params"])
+    frozen = groups[models.FROZEN]
+
+    def logits(trained, x):
+        return model.apply({"params": models.merge(frozen, *trained)}, x)
+
+    def sgd(_, trained):
+        loss = lambda p: models.cross_entropy(logits(p, episode.support_x), episode.support_y)
+        return jax.tree.map(lambda p, g: p - lr * g, trained, jax.grad(loss)(trained))
+
+    start = (groups[models.CROSSBAR], groups[models.DIGITAL])
+    weights, biases = jax.lax.fori_loop(0, num_steps, sgd, start)
+    writer = writers.crossbars(hw)
+    blank = writer.start(None, jax.tree.map(jnp.zeros_like, weights))  # exact: no key used
+    mapped = writer.read(writer.write(k_write, blank, weights))
+    return models.accuracy(logits((mapped, biases), episode.query_x), episode.query_y)
+
+
+def offline_tasks(
+    key, model, episodes, num_steps: int, lr, hw: writers.Hardware, task_batching="auto"
+):
+    """`offline_adapt` on every task of a batch, each with its own key."""
+    keys = jax.random.split(key, episodes.query_y.shape[0])
+    one = lambda k, episode: offline_adapt(k, model, episode, num_steps, lr, hw)
+    return batching.map_tasks(one, keys, episodes, strategy=task_batching)

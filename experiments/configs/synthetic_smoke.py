@@ -2,21 +2,21 @@
 
 Command:
   python experiments/meta_train.py --config=experiments/configs/synthetic_smoke.py \
-      --workdir=runs/synthetic_smoke --test_tasks=64
+      --workdir=runs/synthetic_smoke --test_tasks=16 --offline_steps=0
 """
 
-from roa_jax.train import Config
+from roa_jax import config as config_lib
 
 
-def get_config() -> Config:
-    return Config(
-        dataset="synthetic",
-        width=16,
-        meta_batch_size=4,
-        epochs=2,
-        iterations_per_epoch=100,
-        msl_epochs=0,
-        first_order_epochs=1,
-        val_tasks=64,
-        log_every=25,
-    )
+def get_config():
+    cfg = config_lib.default()
+    cfg.dataset = "synthetic"
+    cfg.width = 16
+    cfg.meta_batch_size = 4
+    cfg.epochs = 2
+    cfg.iterations_per_epoch = 100
+    cfg.msl_epochs = 0
+    cfg.first_order_epochs = 1
+    cfg.val_tasks = 64
+    cfg.log_every = 25
+    return cfg

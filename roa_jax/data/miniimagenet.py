@@ -5,7 +5,7 @@ The ROA paper reports 64/12/24 classes; we use the standard 64/16/20 split inste
 that results compare with the rest of the few-shot literature.
 
 Source files, in `<data_dir>/miniimagenet/` (`data_dir`, else env `ROA_DATA_DIR`; the
-layout of /work/shared/data):
+README, "Data"):
   * `miniimagenet_<split>.zip` with entries `<split>/<wnid>/<filename>.jpg`;
   * `<split>.csv` with header `filename,label` (label = WordNet id, `wnid`).
 Each split is independent: a split is usable as soon as its zip and CSV are present.
@@ -111,7 +111,7 @@ def _data_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
         raise ValueError(
             "ROA_DATA_DIR is not set: pass data_dir (or --data_dir), or set ROA_DATA_DIR, "
             f"to a folder whose {_SUBDIR}/ subfolder holds the miniImageNet zips and CSVs "
-            "(layout of /work/shared/data)."
+            "(README, 'Data')."
         )
     return root
 
@@ -279,7 +279,7 @@ def load_miniimagenet(
     """miniImageNet splits as class arrays, decoded once and then read from a cache.
 
     Args:
-      data_dir: folder with a `miniimagenet/` subfolder (layout of /work/shared/data);
+      data_dir: folder with a `miniimagenet/` subfolder;
         None: env `ROA_DATA_DIR`.
       splits: any of 'train', 'val', 'test'.
       cache_dir: where the decoded arrays are kept (`miniimagenet_v1_<split>.npy`, about
@@ -378,7 +378,7 @@ def build_tfds(
     """Prepares the `mini_imagenet/<split>` tfds datasets (no-op for built ones).
 
     Args:
-      data_dir: folder with a `miniimagenet/` subfolder (layout of /work/shared/data);
+      data_dir: folder with a `miniimagenet/` subfolder;
         None: env `ROA_DATA_DIR`.
       splits: splits to build; None: every split whose zip and CSV are present.
       tfds_dir: tfds data_dir to build in; None: `<cache_dir>/tfds` with cache_dir env

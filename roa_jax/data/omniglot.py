@@ -47,7 +47,7 @@ def _check_omniglot_dir(omniglot_dir: pathlib.Path) -> None:
             raise FileNotFoundError(
                 f"Omniglot file not found: {path}. Set ROA_DATA_DIR (or pass --data_dir) to "
                 "a folder whose omniglot/ subfolder holds checksums.tsv, "
-                "images_background.zip and images_evaluation.zip (as /work/shared/data), "
+                "images_background.zip and images_evaluation.zip, "
                 "or unset both to download through tfds."
             )
 
@@ -96,7 +96,15 @@ def _tfds_splits(data_root: pathlib.Path | None, cache_root: pathlib.Path) -> li
     decoders = {"image": tfds.decode.SkipDecoding()}
     if data_root is None:
         logging.info("Omniglot: ROA_DATA_DIR is not set, downloading through tfds.load.")
-        return tfds.load("omniglot", split=list(_TFDS_SPLITS), decoders=decoders)
+        try:
+            return tfds.load("omniglot", split=list(_TFDS_SPLITS), decoders=decoders)
+        except Exception as e:  # noqa: BLE001 - requests, tfds and TF raise many types
+            raise ConnectionError(
+                f"Omniglot download through tfds failed ({type(e).__name__}: {str(e)[:200]}). "
+                "Offline, set ROA_DATA_DIR (or pass --data_dir) to a folder whose omniglot/ "
+                "subfolder holds checksums.tsv, images_background.zip and "
+                "images_evaluation.zip."
+            ) from None
 
     from tensorflow_datasets.core.download import checksums as checksums_lib
     from tensorflow_datasets.image_classification import omniglot as omniglot_lib
@@ -156,7 +164,7 @@ def omniglot_classes(
     """All 1623 Omniglot classes, unshuffled, as a cached class array.
 
     Args:
-      data_dir: folder with an `omniglot/` subfolder (layout of /work/shared/data);
+      data_dir: folder with an `omniglot/` subfolder;
         None: env `ROA_DATA_DIR`; unset too: download through tfds.
       image_size: height and width in pixels, 1..105.
       cache_dir: where the tfds build and the preprocessed arrays are kept; None: env
@@ -213,7 +221,7 @@ def load_omniglot(
     """Omniglot split into disjoint train/val/test classes.
 
     Args:
-      data_dir: folder with an `omniglot/` subfolder (layout of /work/shared/data);
+      data_dir: folder with an `omniglot/` subfolder;
         None: env `ROA_DATA_DIR`; unset too: download through tfds.
       image_size: height and width in pixels, 1..105.
       seed: seed of the class shuffle; the same seed gives the same splits.

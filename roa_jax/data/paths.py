@@ -5,9 +5,23 @@ import pathlib
 
 
 def data_root(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
-    """`data_dir`, else env ROA_DATA_DIR (a folder laid out like shared/data), else None."""
-    data_dir = data_dir if data_dir is not None else os.environ.get("ROA_DATA_DIR")
-    return pathlib.Path(data_dir).expanduser() if data_dir else None
+    """`data_dir`, else env ROA_DATA_DIR, else None (download through tfds).
+
+    The folder holds one subfolder per dataset (`omniglot/`, `miniimagenet/`, `devices/`;
+    README, "Data"). A folder that is named but does not exist is an error, not a download.
+    """
+    source = "--data_dir"
+    if data_dir is None:
+        data_dir, source = os.environ.get("ROA_DATA_DIR"), "ROA_DATA_DIR"
+    if not data_dir:
+        return None
+    root = pathlib.Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{source}={data_dir}: no such folder. Point it at the folder that holds omniglot/ "
+            "(and miniimagenet/), or unset it to download through tfds."
+        )
+    return root
 
 
 def cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:

@@ -1,0 +1,53 @@
+"""How a function written for one task (or one grid point) is lifted over many: per backend.
+
+The one place these performance choices are made, each measured (BUILD_NOTES.md, "Task
+batching" and "Sweeps"; benchmarks/meta_step.py and benchmarks/sweep.py):
+
+  - tasks inside one compiled program (`map_tasks`): 'unroll' (a Python loop inside the
+    caller's jit) on XLA:CPU, where a `jax.vmap` over per-task conv weights becomes a
+    grouped convolution that runs ~7x slower; 'vmap' on accelerators;
+  - grid points of a sweep (`evaluation.sweep`): 'loop' (a Python loop of single-point
+    programs) on XLA:CPU, where one program over the grid was 2-3.2x slower (lax.map, vmap)
+    or compiled for minutes (unroll); 'vmap' on accelerators.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+STRATEGIES = ("unroll", "vmap", "map")
+GRID_STRATEGIES = (*STRATEGIES, "loop")
+
+
+def default_strategy(backend: str | None = None) -> str:
+    """Tasks in one program: 'unroll' on XLA:CPU, 'vmap' elsewhere."""
+    return "unroll" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def default_grid_strategy(backend: str | None = None) -> str:
+    """Grid points of a sweep: 'loop' (of single-point programs) on XLA:CPU, 'vmap' elsewhere."""
+    return "loop" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def check(strategy: str, allowed=STRATEGIES) -> str:
+    """Returns `strategy` if it is 'auto' or one of `allowed`; else raises naming them."""
+    if strategy != "auto" and strategy not in allowed:
+        raise ValueError(f"task_batching={strategy!r} is not one of {allowed} or 'auto'.")
+    return strategy
+
+
+def map_tasks(fn, *tasks, strategy: str = "auto"):
+    """`fn(*task)` for every task (leading axis of each leaf of `tasks`), results stacked.
+
+    'unroll' (a Python loop inside the caller's jit), 'vmap', or 'map' (`lax.map`,
+    sequential); 'auto' picks per backend (`default_strategy`).
+    """
+    strategy = default_strategy() if check(strategy) == "auto" else strategy
+    if strategy == "vmap":
+        return jax.vmap(fn)(*tasks)
+    if strategy == "map":
+        return jax.lax.map(lambda task: fn(*task), tasks)
+    num = jax.tree.leaves(tasks)[0].shape[0]
+    outs = [fn(*jax.tree.map(lambda x, i=i: x[i], tasks)) for i in range(num)]
+    return jax.tree.map(lambda *x: jnp.stack(x), *outs)

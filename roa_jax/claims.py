@@ -1,0 +1,597 @@
+"""The paper's claims (MODEL.md 5) as code: a results dict in, one verdict per claim out.
+
+The input is what `reproduce` writes as results.json; only these keys are read, and any that
+is missing makes the claims that need it "not measured" (never an error):
+
+    results = {
+        "chance": 1 / n_way,
+        "methods": [{"method", "sigma_w", "rho", "accuracy", "ci95", ...}, ...],
+        "best_rho": {"roa": {sigma_w: rho}, ...},  # keys float or str (JSON)
+        "origin": {"roa": {"accuracy", "ci95"}, "roa_wc": {...}},
+    }
+
+Methods: "ROA" (1 step, constraint, tuned rho), "ROA-FLR" (rho = 1), "ROA-WC" (no constraint),
+"5-step" (five noisy writes) and "offline". Accuracies are fractions in the input and
+percentage points (pp) in every verdict. A claim holds exactly when its margin, the signed
+distance from the decision boundary, is positive; margins are in pp, except for the best-rho
+claims (octaves, log2 of rho) and the threshold ordering (sigma_w).
+
+Usage:
+    verdicts = claims.evaluate(results, "omniglot_5w1s")
+    claims.write(verdicts, out_dir, title="Omniglot 5-way 1-shot")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+HOLDS, FAILS, NOT_MEASURED = "holds", "fails", "not measured"
+
+CLAIM_IDS = (
+    "offline_chance",
+    "five_step_agrees_low_noise",
+    "five_step_collapses",
+    "constraint_high_noise",
+    "constraint_no_noise",
+    "rho_gain_high_noise",
+    "rho_gain_low_noise",
+    "best_rho_low_noise",
+    "best_rho_falls",
+)
+CROSS_TASK_CLAIM_IDS = ("five_step_threshold_falls_with_classes", "wide_net_helps_20way")
+
+# Noise regimes. The paper names one boundary, sigma_w = 0.3 (offline is at chance above it),
+# and "sigma_w greater than 2" for high noise. Low noise is sigma_w <= 0.3: {0, 0.25} in both
+# protocols, below any level where the paper's 5-step curves may already have collapsed.
+OFFLINE_SIGMA_MIN = 0.3
+LOW_NOISE_MAX_SIGMA = 0.3
+# High noise is sigma_w > 2 ({3} on CPU, {2.5, 3} in the paper protocol); a sweep without such
+# a level uses its largest level >= 2 instead, and says so in the verdict.
+HIGH_NOISE_SIGMA = 2.0
+
+# "Close to random guessing": within 5 pp of chance (or the row's 95 % CI if wider), which on
+# the paper's 0-100 % accuracy axes is a curve lying on the chance line.
+NEAR_CHANCE_PP = 5.0
+# "Agree", "similar", "very small": |difference| <= 2 pp, or the combined 95 % CI of the two
+# numbers if wider. The smallest effect the paper calls a gain is 2-3 pp, and at 300-600 test
+# tasks the combined CI is 1.2-1.7 pp, so 2 pp is the finest difference a reproduction resolves.
+SIMILAR_PP = 2.0
+# 5-step "drops significantly" at a level: 5-step is >= 10 pp below ROA (five times the
+# agreement band), or near chance while ROA is not; either way by more than the agreement band.
+COLLAPSE_GAP_PP = 10.0
+# "Improves the accuracy by more than 3 %": mean ROA - ROA-WC over the high-noise levels above
+# 3 pp, and above its combined 95 % CI (significantly positive) if that is wider.
+CONSTRAINT_GAIN_PP = 3.0
+# "About G %": |ours - G| <= max(2 pp, 30 % of G, combined 95 % CI). The paper quotes one
+# rounded number for every level above 2 (2.5 and 3 in its sweep), where the gain differs from
+# level to level; 30 % of the largest, 15, is 4.5 pp.
+ABOUT_MIN_PP = 2.0
+ABOUT_REL = 0.3
+WIDE_NET_GAIN_PP = 2.0  # "improved by about 2 %" with 128 filters (Fig. 5D)
+# "Best rho about R": the geometric mean of the best rho over the low-noise levels within a
+# factor of 2 of R, exclusive: rho grids step by factors of 2, so the neighbouring grid value
+# at every level fails and a mix of R and a neighbour holds.
+RHO_FACTOR = 2.0
+# "The best learning rate would drop below 1 (about 0.5)": at high noise the (geometric mean)
+# best rho is < 1 and below its low-noise value. Below 1 is the stated fact; "about 0.5" is
+# not required, as grids that offer 0.25 may pick it.
+RHO_HIGH_BELOW = 1.0
+
+
+class TaskClaims(NamedTuple):
+    """What the paper states for one task (None: not stated, the claim is not measured)."""
+
+    rho_gain_pp: float | None  # ROA - ROA-FLR when sigma_w > 2
+    constraint: str | None  # "gain": ROA - ROA-WC > 3 pp at high noise; "similar": no gain
+    best_rho: float | None  # ROA's best rho at acceptable noise
+
+
+# 20-way: the paper finds ROA and ROA-WC "similar" (Fig. 5C), so there the constraint claim is
+# |ROA - ROA-WC| within the agreement band at high noise. The 128-filter network runs the same
+# 20-way task, so it takes the 20-way rho gain (the paper gives no separate number, and the
+# 2 pp width effect is inside the +-4.5 pp band). Its constraint effect is stated only relative
+# to the 64-filter network (ROA +2 pp, ROA-WC slightly lower), which is `wide_net_helps_20way`,
+# not a per-task claim. Tasks the paper did not run (synthetic_5w1s) have no task-specific
+# claims: its numbers are about its data.
+TASKS = {
+    "omniglot_5w1s": TaskClaims(4.0, "gain", 2.0),
+    "omniglot_10w1s": TaskClaims(7.0, "gain", 2.0),
+    "omniglot_20w1s": TaskClaims(15.0, "similar", 2.0),
+    "omniglot_20w1s_w128": TaskClaims(15.0, None, 2.0),
+    "miniimagenet_5w1s": TaskClaims(5.0, "gain", 4.0),
+}
+NOT_STATED = TaskClaims(None, None, None)
+
+
+class Verdict(NamedTuple):
+    """One claim checked against our numbers."""
+
+    claim: str  # stable id (CLAIM_IDS, CROSS_TASK_CLAIM_IDS)
+    statement: str  # the paper's claim in words
+    verdict: str  # HOLDS, FAILS or NOT_MEASURED
+    ours: str  # our numbers that decided it
+    tolerance: str  # the rule and tolerance used
+    margin: float | None  # signed distance from the boundary (module docstring), > 0 iff holds
+
+
+class _Point(NamedTuple):
+    acc: float  # pp
+    ci: float  # pp, half-width of the 95 % CI
+
+
+def task_claims(task: str) -> TaskClaims:
+    """The paper's task-specific statements for `task`.
+
+    A name with a suffix (the results title "omniglot_5w1s_cpu") resolves to the longest task
+    name it starts with, so "omniglot_20w1s_w128_cpu" is the 128-filter task.
+    """
+    canonical = _canonical(task)
+    return TASKS[canonical] if canonical else NOT_STATED
+
+
+def _canonical(task: str) -> str | None:
+    matches = [t for t in TASKS if task == t or task.startswith(t + "_")]
+    return max(matches, key=len) if matches else None
+
+
+def _sigma(s) -> float:
+    return round(float(s), 6)
+
+
+def _methods(results: dict) -> dict[str, dict[float, _Point]]:
+    """{method: {sigma_w: point}}; the first row wins when a level repeats."""
+    table: dict[str, dict[float, _Point]] = {}
+    for row in results.get("methods") or []:
+        try:
+            method, sigma = row["method"], _sigma(row["sigma_w"])
+            point = _Point(100.0 * float(row["accuracy"]), 100.0 * float(row.get("ci95") or 0.0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        table.setdefault(method, {}).setdefault(sigma, point)
+    return table
+
+
+def _best_rho(results: dict) -> dict[float, float]:
+    """ROA's best rho per level: results["best_rho"]["roa"], else the rho of the ROA rows."""
+    best = (results.get("best_rho") or {}).get("roa")
+    if best:
+        return {_sigma(s): float(r) for s, r in best.items()}
+    rows = [r for r in results.get("methods") or [] if r.get("method") == "ROA" and "rho" in r]
+    return {_sigma(r["sigma_w"]): float(r["rho"]) for r in rows}
+
+
+def _chance(results: dict, task: str) -> float | None:
+    """Chance accuracy in pp: results["chance"], else 1/n_way from the task name ("5w")."""
+    if results.get("chance") is not None:
+        return 100.0 * float(results["chance"])
+    n_way = re.search(r"(\d+)w\d+s", task)
+    return 100.0 / int(n_way.group(1)) if n_way else None
+
+
+def low_noise_levels(levels) -> list[float]:
+    """The evaluated levels with sigma_w <= LOW_NOISE_MAX_SIGMA."""
+    return sorted(s for s in levels if s <= LOW_NOISE_MAX_SIGMA)
+
+
+def high_noise_levels(levels) -> list[float]:
+    """The levels with sigma_w > 2; if there are none, the largest level >= 2 (or [])."""
+    above = sorted(s for s in levels if s > HIGH_NOISE_SIGMA)
+    if above:
+        return above
+    at_least = [s for s in levels if s >= HIGH_NOISE_SIGMA]
+    return [max(at_least)] if at_least else []
+
+
+def _high_note(levels) -> str:
+    return "" if any(s > HIGH_NOISE_SIGMA for s in levels) else " (no level > 2: largest >= 2)"
+
+
+def _levels(xs, fmt: str = "g") -> str:
+    return ", ".join(format(x, fmt) for x in xs)
+
+
+def _combined_ci(a: _Point, b: _Point) -> float:
+    return math.hypot(a.ci, b.ci)
+
+
+def _mean_difference(a: dict, b: dict, levels) -> tuple[float, float]:
+    """Mean of a - b over `levels` (pp) and the 95 % CI of that mean (independent errors)."""
+    diffs = [a[s].acc - b[s].acc for s in levels]
+    var = sum(a[s].ci ** 2 + b[s].ci ** 2 for s in levels)
+    return float(np.mean(diffs)), math.sqrt(var) / len(levels)
+
+
+def _verdict(claim, statement, margin, ours, tolerance) -> Verdict:
+    return Verdict(claim, statement, HOLDS if margin > 0 else FAILS, ours, tolerance, margin)
+
+
+def _missing(claim, statement, why) -> Verdict:
+    return Verdict(claim, statement, NOT_MEASURED, why, "-", None)
+
+
+def _offline_chance(table, chance) -> Verdict:
+    claim = "offline_chance"
+    statement = f"Offline learning is close to random guessing when sigma_w > {OFFLINE_SIGMA_MIN:g}"
+    offline = table.get("offline", {})
+    levels = sorted(s for s in offline if s > OFFLINE_SIGMA_MIN)
+    if chance is None or not levels:
+        return _missing(
+            claim,
+            statement,
+            f"no offline rows above sigma_w {OFFLINE_SIGMA_MIN:g} (or no chance level)",
+        )
+    margins = [max(NEAR_CHANCE_PP, offline[s].ci) - abs(offline[s].acc - chance) for s in levels]
+    worst = levels[int(np.argmin(margins))]
+    ours = (
+        f"offline {_levels((offline[s].acc for s in levels), '.1f')} at sigma_w "
+        f"{_levels(levels)} vs chance {chance:.1f}; worst {offline[worst].acc - chance:+.1f} pp "
+        f"at sigma_w {worst:g}"
+    )
+    tolerance = f"|offline - chance| <= {NEAR_CHANCE_PP:g} pp (or its 95 % CI) at every level"
+    return _verdict(claim, statement, min(margins), ours, tolerance)
+
+
+def _agree_low_noise(claim, statement, table, a_name, b_name) -> Verdict:
+    """|a - b| within the agreement band at every low-noise level."""
+    a, b = table.get(a_name, {}), table.get(b_name, {})
+    levels = low_noise_levels(set(a) & set(b))
+    if not levels:
+        return _missing(
+            claim, statement, f"no {a_name} and {b_name} rows at sigma_w <= {LOW_NOISE_MAX_SIGMA:g}"
+        )
+    tols = [max(SIMILAR_PP, _combined_ci(a[s], b[s])) for s in levels]
+    margins = [t - abs(a[s].acc - b[s].acc) for s, t in zip(levels, tols, strict=True)]
+    ours = "; ".join(
+        f"sigma_w {s:g}: {a[s].acc:.1f} vs {b[s].acc:.1f} ({a[s].acc - b[s].acc:+.1f} pp)"
+        for s in levels
+    )
+    tolerance = (
+        f"|{a_name} - {b_name}| <= max({SIMILAR_PP:g} pp, combined 95 % CI) at each sigma_w "
+        f"<= {LOW_NOISE_MAX_SIGMA:g} (here {_levels(tols, '.1f')} pp)"
+    )
+    return _verdict(claim, statement, min(margins), ours, tolerance)
+
+
+def _collapse_margin(roa: _Point, five: _Point, chance: float | None) -> float:
+    """> 0 when 5-step has collapsed at this level: far below ROA, or at chance while ROA is not."""
+    gap = roa.acc - five.acc
+    significant = gap - max(SIMILAR_PP, _combined_ci(roa, five))
+    far = gap - COLLAPSE_GAP_PP
+    near = -math.inf
+    if chance is not None:
+        near = min(NEAR_CHANCE_PP - (five.acc - chance), (roa.acc - chance) - NEAR_CHANCE_PP)
+    return min(significant, max(far, near))
+
+
+class _Collapse(NamedTuple):
+    margin: float | None  # the claim's margin (None: not measured)
+    threshold: float | None  # first collapsed level; inf: none in range; None: not measured
+    ours: str
+
+
+def _five_step_collapse(table, chance) -> _Collapse:
+    roa, five = table.get("ROA", {}), table.get("5-step", {})
+    levels = sorted(set(roa) & set(five))
+    if len(levels) < 2:
+        return _Collapse(None, None, "needs ROA and 5-step rows at two or more common levels")
+    cms = [_collapse_margin(roa[s], five[s], chance) for s in levels]
+
+    def at(s):
+        return f"5-step {five[s].acc:.1f} vs ROA {roa[s].acc:.1f} at sigma_w {s:g}"
+
+    if cms[0] > 0:
+        ours = f"collapsed from the start: {at(levels[0])}"
+        return _Collapse(-cms[0], levels[0], ours)
+    first = next((i for i, cm in enumerate(cms) if cm > 0), None)
+    if first is None:
+        gaps = [roa[s].acc - five[s].acc for s in levels]
+        widest = levels[int(np.argmax(gaps))]
+        ours = f"no collapse up to sigma_w {levels[-1]:g}; widest gap: {at(widest)}"
+        return _Collapse(min(-cms[0], max(cms)), math.inf, ours)
+    beyond = levels[first:]
+    stays = [
+        roa[s].acc - five[s].acc + max(SIMILAR_PP, _combined_ci(roa[s], five[s])) for s in beyond
+    ]
+    low_gap = min(beyond, key=lambda s: roa[s].acc - five[s].acc)
+    ours = (
+        f"threshold sigma_w {levels[first]:g}: {at(levels[first])}; beyond it the smallest "
+        f"ROA - 5-step is {roa[low_gap].acc - five[low_gap].acc:+.1f} pp (sigma_w {low_gap:g})"
+    )
+    return _Collapse(min(-cms[0], cms[first], min(stays)), levels[first], ours)
+
+
+def five_step_threshold(results: dict, task: str = "") -> float | None:
+    """The first sigma_w where 5-step has collapsed (inf: none in range; None: not measured)."""
+    return _five_step_collapse(_methods(results), _chance(results, task)).threshold
+
+
+def _five_step_collapses(table, chance) -> Verdict:
+    claim = "five_step_collapses"
+    statement = "5-step accuracy drops sharply past a noise threshold; 1-step decreases more slowly"
+    collapse = _five_step_collapse(table, chance)
+    if collapse.margin is None:
+        return _missing(claim, statement, collapse.ours)
+    tolerance = (
+        f"collapse: ROA - 5-step > max({SIMILAR_PP:g} pp, CI) and (>= {COLLAPSE_GAP_PP:g} pp, or "
+        f"5-step within {NEAR_CHANCE_PP:g} pp of chance while ROA is not), first above the "
+        f"lowest level; beyond it ROA >= 5-step - max({SIMILAR_PP:g} pp, CI)"
+    )
+    return _verdict(claim, statement, collapse.margin, collapse.ours, tolerance)
+
+
+def _constraint_high_noise(table, expect: TaskClaims) -> Verdict:
+    claim = "constraint_high_noise"
+    if expect.constraint is None:
+        statement = f"The constraint adds more than {CONSTRAINT_GAIN_PP:g} points at high noise"
+        return _missing(claim, statement, "the paper states no such number for this task")
+    roa, wc = table.get("ROA", {}), table.get("ROA-WC", {})
+    levels = high_noise_levels(set(roa) & set(wc))
+    if expect.constraint == "gain":
+        statement = (
+            f"The constraint adds more than {CONSTRAINT_GAIN_PP:g} points at high noise "
+            "(ROA - ROA-WC)"
+        )
+    else:
+        statement = "ROA and ROA-WC are similar at high noise on 20-way 1-shot (Fig. 5C)"
+    if not levels:
+        return _missing(
+            claim, statement, f"no ROA and ROA-WC rows at sigma_w >= {HIGH_NOISE_SIGMA:g}"
+        )
+    diff, ci = _mean_difference(roa, wc, levels)
+    ours = f"ROA - ROA-WC = {diff:+.1f} pp (mean over sigma_w {_levels(levels)})"
+    note = _high_note(levels)
+    if expect.constraint == "gain":
+        margin = diff - max(CONSTRAINT_GAIN_PP, ci)
+        tolerance = f"> max({CONSTRAINT_GAIN_PP:g} pp, 95 % CI {ci:.1f} pp){note}"
+    else:
+        margin = max(SIMILAR_PP, ci) - abs(diff)
+        tolerance = f"|diff| <= max({SIMILAR_PP:g} pp, 95 % CI {ci:.1f} pp){note}"
+    return _verdict(claim, statement, margin, ours, tolerance)
+
+
+def _constraint_no_noise(table, origin) -> Verdict:
+    claim = "constraint_no_noise"
+    statement = "The constraint changes nothing without noise (ROA ~ ROA-WC at sigma_w = 0)"
+    pairs = []
+    roa, wc = table.get("ROA", {}), table.get("ROA-WC", {})
+    if 0.0 in roa and 0.0 in wc:
+        pairs.append(("sigma_w 0", roa[0.0], wc[0.0]))
+    if all(isinstance(o, dict) and "accuracy" in o for o in origin):
+        roa_o, wc_o = (_Point(100 * o["accuracy"], 100 * (o.get("ci95") or 0.0)) for o in origin)
+        pairs.append(("origin", roa_o, wc_o))
+    if not pairs:
+        return _missing(claim, statement, "no ROA and ROA-WC rows at sigma_w 0 and no origin")
+    tols = [max(SIMILAR_PP, _combined_ci(a, b)) for _, a, b in pairs]
+    margins = [t - abs(a.acc - b.acc) for (_, a, b), t in zip(pairs, tols, strict=True)]
+    ours = "; ".join(
+        f"{where}: ROA {a.acc:.1f} vs ROA-WC {b.acc:.1f} ({a.acc - b.acc:+.1f} pp)"
+        for where, a, b in pairs
+    )
+    tolerance = (
+        f"|ROA - ROA-WC| <= max({SIMILAR_PP:g} pp, combined 95 % CI) at sigma_w 0 and for "
+        f"origin where present (here {_levels(tols, '.1f')} pp)"
+    )
+    return _verdict(claim, statement, min(margins), ours, tolerance)
+
+
+def _about(claim, statement, diff, ci, target, ours, note="") -> Verdict:
+    """`diff` (pp) is "about `target`" within max(ABOUT_MIN_PP, ABOUT_REL * target, ci)."""
+    tol = max(ABOUT_MIN_PP, ABOUT_REL * target, ci)
+    tolerance = (
+        f"|diff - {target:g}| <= {tol:.1f} pp (max of {ABOUT_MIN_PP:g} pp, "
+        f"{100 * ABOUT_REL:g} % of {target:g}, 95 % CI {ci:.1f} pp){note}"
+    )
+    return _verdict(claim, statement, tol - abs(diff - target), ours, tolerance)
+
+
+def _rho_gain_high_noise(table, expect: TaskClaims) -> Verdict:
+    claim = "rho_gain_high_noise"
+    if expect.rho_gain_pp is None:
+        statement = "Tuned rho adds about the task's stated gain when sigma_w > 2"
+        return _missing(claim, statement, "the paper states no gain for this task")
+    statement = (
+        f"Tuned rho adds about {expect.rho_gain_pp:g} points when sigma_w > 2 (ROA - ROA-FLR)"
+    )
+    roa, flr = table.get("ROA", {}), table.get("ROA-FLR", {})
+    levels = high_noise_levels(set(roa) & set(flr))
+    if not levels:
+        return _missing(
+            claim, statement, f"no ROA and ROA-FLR rows at sigma_w >= {HIGH_NOISE_SIGMA:g}"
+        )
+    diff, ci = _mean_difference(roa, flr, levels)
+    ours = f"ROA - ROA-FLR = {diff:+.1f} pp (mean over sigma_w {_levels(levels)})"
+    return _about(claim, statement, diff, ci, expect.rho_gain_pp, ours, _high_note(levels))
+
+
+def _geomean(xs) -> float:
+    return float(2.0 ** np.mean(np.log2(xs)))
+
+
+def _best_rho_low_noise(best, expect: TaskClaims) -> Verdict:
+    claim = "best_rho_low_noise"
+    if expect.best_rho is None:
+        statement = "The best rho is about 2 (Omniglot) or 4 (miniImageNet) at acceptable noise"
+        return _missing(claim, statement, "the paper states no best rho for this task")
+    statement = f"ROA's best rho is about {expect.best_rho:g} at acceptable (low) noise"
+    levels = low_noise_levels(best)
+    if not levels:
+        return _missing(claim, statement, f"no best rho at sigma_w <= {LOW_NOISE_MAX_SIGMA:g}")
+    mean = _geomean([best[s] for s in levels])
+    ours = (
+        f"best rho {_levels(best[s] for s in levels)} at sigma_w {_levels(levels)} "
+        f"(geometric mean {mean:.2g})"
+    )
+    tolerance = (
+        f"geometric mean within a factor {RHO_FACTOR:g} of {expect.best_rho:g}, exclusive "
+        "(margin in octaves)"
+    )
+    margin = math.log2(RHO_FACTOR) - abs(math.log2(mean / expect.best_rho))
+    return _verdict(claim, statement, margin, ours, tolerance)
+
+
+def _best_rho_falls(best) -> Verdict:
+    claim = "best_rho_falls"
+    statement = "ROA's best rho falls at high noise, below 1 (about 0.5)"
+    low, high = low_noise_levels(best), high_noise_levels(best)
+    if not low or not high:
+        return _missing(
+            claim,
+            statement,
+            f"needs best rho at sigma_w <= {LOW_NOISE_MAX_SIGMA:g} and >= {HIGH_NOISE_SIGMA:g}",
+        )
+    rho_low, rho_high = _geomean([best[s] for s in low]), _geomean([best[s] for s in high])
+    ours = (
+        f"best rho {_levels(best[s] for s in high)} at sigma_w {_levels(high)} vs "
+        f"{rho_low:.2g} (geometric mean) at sigma_w {_levels(low)}"
+    )
+    tolerance = (
+        f"geometric mean at high noise < {RHO_HIGH_BELOW:g} and < the low-noise one "
+        f"(margin in octaves){_high_note(high)}"
+    )
+    margin = min(math.log2(RHO_HIGH_BELOW / rho_high), math.log2(rho_low / rho_high))
+    return _verdict(claim, statement, margin, ours, tolerance)
+
+
+def evaluate(results: dict, task: str) -> list[Verdict]:
+    """Verdicts of the per-task claims of MODEL.md 5, one per id of CLAIM_IDS, in that order.
+
+    Args:
+      results: a results dict (module docstring); JSON-loaded dicts work as they are.
+      task: the task name ("omniglot_5w1s", ...); it picks the task-specific expectations
+        (`task_claims`); a suffix such as "_cpu" is ignored.
+
+    Returns:
+      A list of Verdict, claims without the rows they need marked "not measured".
+    """
+    table, chance, expect = _methods(results), _chance(results, task), task_claims(task)
+    origin = [(results.get("origin") or {}).get(m) for m in ("roa", "roa_wc")]
+    best = _best_rho(results)
+    return [
+        _offline_chance(table, chance),
+        _agree_low_noise(
+            "five_step_agrees_low_noise",
+            "1-step (ROA) and 5-step updates agree at low noise",
+            table,
+            "ROA",
+            "5-step",
+        ),
+        _five_step_collapses(table, chance),
+        _constraint_high_noise(table, expect),
+        _constraint_no_noise(table, origin),
+        _rho_gain_high_noise(table, expect),
+        _agree_low_noise(
+            "rho_gain_low_noise",
+            "Tuned rho adds little at low noise (ROA ~ ROA-FLR)",
+            table,
+            "ROA",
+            "ROA-FLR",
+        ),
+        _best_rho_low_noise(best, expect),
+        _best_rho_falls(best),
+    ]
+
+
+def _threshold_falls(by_task: dict) -> Verdict:
+    claim = "five_step_threshold_falls_with_classes"
+    statement = "The 5-step collapse threshold is lower for more classes (Omniglot 5, 10, 20-way)"
+    names = ("omniglot_5w1s", "omniglot_10w1s", "omniglot_20w1s")
+    thresholds = [five_step_threshold(by_task[n], n) if n in by_task else None for n in names]
+    if any(t is None for t in thresholds):
+        return _missing(claim, statement, "needs ROA and 5-step rows of all three tasks")
+    ours = "thresholds " + ", ".join(
+        f"{n.split('_')[1][:-3]}-way: {'none' if math.isinf(t) else f'sigma_w {t:g}'}"
+        for n, t in zip(names, thresholds, strict=True)
+    )
+    # Both sides beyond the range count as equal, not as an undefined inf - inf.
+    steps = [0.0 if a == b else a - b for a, b in zip(thresholds, thresholds[1:], strict=False)]
+    margin = min(steps) if min(steps) < 0 else max(steps)
+    tolerance = (
+        "threshold as in five_step_collapses ('none': beyond the range); "
+        "5-way >= 10-way >= 20-way, one strictly (margin in sigma_w)"
+    )
+    verdict = _verdict(claim, statement, margin, ours, tolerance)
+    return verdict._replace(margin=margin if math.isfinite(margin) else None)
+
+
+def _wide_net(by_task: dict) -> Verdict:
+    claim = "wide_net_helps_20way"
+    statement = (
+        f"128 filters help ROA by about {WIDE_NET_GAIN_PP:g} points on Omniglot 20-way 1-shot"
+    )
+    if "omniglot_20w1s" not in by_task or "omniglot_20w1s_w128" not in by_task:
+        return _missing(claim, statement, "needs omniglot_20w1s and omniglot_20w1s_w128")
+    narrow = _methods(by_task["omniglot_20w1s"]).get("ROA", {})
+    wide = _methods(by_task["omniglot_20w1s_w128"]).get("ROA", {})
+    levels = sorted(s for s in set(narrow) & set(wide) if s > 0)
+    if not levels:
+        return _missing(claim, statement, "no common noisy (sigma_w > 0) ROA levels")
+    diff, ci = _mean_difference(wide, narrow, levels)
+    ours = f"ROA 128 - 64 filters = {diff:+.1f} pp (mean over sigma_w {_levels(levels)})"
+    return _about(claim, statement, diff, ci, WIDE_NET_GAIN_PP, ours)
+
+
+def evaluate_across(results_by_task: dict) -> list[Verdict]:
+    """Verdicts of the cross-task claims, one per id of CROSS_TASK_CLAIM_IDS, in that order.
+
+    Args:
+      results_by_task: {task: results}; task names may carry a suffix ("omniglot_5w1s_cpu").
+
+    Returns:
+      A list of Verdict; a claim whose tasks are missing is "not measured".
+    """
+    by_task = {}
+    for name, results in results_by_task.items():
+        canonical = _canonical(name)
+        if canonical is not None:
+            by_task.setdefault(canonical, results)
+    return [_threshold_falls(by_task), _wide_net(by_task)]
+
+
+def score(verdicts: list[Verdict]) -> tuple[int, int]:
+    """(claims that hold, claims measured)."""
+    holds = sum(v.verdict == HOLDS for v in verdicts)
+    return holds, sum(v.verdict != NOT_MEASURED for v in verdicts)
+
+
+def to_markdown(verdicts: list[Verdict], title: str | None = None) -> str:
+    """A Markdown table claim | ours | tolerance | verdict, and the score under it."""
+
+    def cell(text):
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| Claim | Ours | Tolerance | Verdict |", "|---|---|---|---|"]
+    for v in verdicts:
+        shown = f"**{v.verdict}**" if v.verdict == FAILS else v.verdict
+        row = [f"{cell(v.statement)} (`{v.claim}`)", cell(v.ours), cell(v.tolerance), shown]
+        lines.append("| " + " | ".join(row) + " |")
+    holds, measured = score(verdicts)
+    lines += ["", f"{holds} of {measured} measured claims hold ({len(verdicts)} claims)."]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(verdict: Verdict) -> dict:
+    record = verdict._asdict()
+    margin = record["margin"]
+    record["margin"] = float(margin) if margin is not None and math.isfinite(margin) else None
+    return record
+
+
+def write(verdicts: list[Verdict], out_dir, title: str | None = None) -> tuple[pathlib.Path, ...]:
+    """Writes claims.md (to_markdown) and claims.json (a list of Verdict dicts) to `out_dir`.
+
+    Returns:
+      The paths (claims.md, claims.json).
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "claims.md", out / "claims.json"
+    md.write_text(to_markdown(verdicts, title))
+    js.write_text(json.dumps([_json_safe(v) for v in verdicts], indent=1) + "\n")
+    return md, js

@@ -1,0 +1,287 @@
+"""The paper's comparison of methods (MODEL.md 5), resumable part by part: one protocol for every
+checkpoint, whether one model (experiments/meta_train.py) or the paper's three
+(experiments/reproduce.py, evaluate.py).
+
+For every model (a meta-trained network) three parts are evaluated: its validation sweep
+(noise x rho on the validation classes, one repeat: the rho search), its test sweep (noise x
+rho x seed) and its origin (exact adaptation, every seed); plus the offline scheme once. rho is
+then chosen per noise level on validation only (`evaluation.best_rho`: ties go to the smaller
+rho), and the methods are read off the test sweeps at those rhos:
+
+  ROA / ROA-FLR            model 'roa' (k = 4) at the tuned rho / at rho = 1
+  ROA-WC / ROA-WC-FLR      model 'roa_wc' (k = 1); ROA-WC-FLR is the MAML++ baseline
+  5-step / 5-step-FLR      model 'five_step' (five noisy writes), tuned as ROA (the paper
+                           tuned both)
+  offline                  a network trained per task, mapped by one write
+
+Every part is saved to <out_dir>/parts/<part>.json with a fingerprint of what it depends on
+(config, checkpoint values, grid, tasks, device), so a rerun loads it instead of computing it.
+Test tasks and noise come from fold_in(PRNGKey(seed), 1), validation tasks from fold_in(., 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from absl import logging
+
+from roa_jax import config as config_lib
+from roa_jax import device, evaluation, models, train
+
+# (method, model, tuned rho?) in the order tables and figures list them.
+METHODS = (
+    ("ROA", "roa", True),
+    ("5-step", "five_step", True),
+    ("ROA-WC", "roa_wc", True),
+    ("ROA-FLR", "roa", False),
+    ("ROA-WC-FLR (MAML++)", "roa_wc", False),
+    ("5-step-FLR", "five_step", False),
+)
+
+
+def model_name(cfg: config_lib.Config) -> str:
+    """The comparison's name for a model of `cfg`'s kind (meta_train.py's one model)."""
+    if cfg.num_inner_steps > 1:
+        return "five_step"
+    return "roa" if cfg.constraint_k > 1 and cfg.constraint_lambda > 0 else "roa_wc"
+
+
+def _fingerprint(*objects) -> str:
+    text = json.dumps([_jsonable(o) for o in objects], sort_keys=True, default=np.ndarray.tolist)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _digest(tree) -> str:
+    """Hash of a pytree's array values: a retrained checkpoint invalidates its parts."""
+    data = b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(tree))
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "_asdict"):
+        return {k: _jsonable(v) for k, v in obj._asdict().items()}
+    return obj
+
+
+class Part(NamedTuple):
+    name: str
+    model: str | None  # None: the offline scheme
+    split: str
+    kind: str  # evaluation.KINDS
+    grid: evaluation.Grid
+    num_tasks: int
+
+
+def parts(models_: dict, proto: config_lib.Protocol) -> list[Part]:
+    """The parts to evaluate for {name: (cfg, meta)}."""
+    seeds = range(proto.seeds)
+    out = []
+    for name in models_:
+        val_grid = evaluation.make_grid(proto.sigmas, proto.rhos, [0])
+        test_grid = evaluation.make_grid(proto.sigmas, proto.rhos, seeds)
+        origin = evaluation.make_grid([0.0], [1.0], seeds)
+        out += [
+            Part(f"{name}_val", name, "val", "adapt", val_grid, proto.val_tasks),
+            Part(f"{name}_test", name, "test", "adapt", test_grid, proto.test_tasks),
+            Part(f"{name}_origin", name, "test", "origin", origin, proto.test_tasks),
+        ]
+    if proto.offline_steps:
+        grid = evaluation.make_grid(proto.sigmas, [1.0], seeds)
+        out.append(Part("offline_test", None, "test", "offline", grid, proto.test_tasks))
+    return out
+
+
+def _setting(part: Part, cfg: config_lib.Config, proto: config_lib.Protocol):
+    if part.kind == "offline":
+        # The offline network: the task's architecture with one BN set, trained per task.
+        model, steps = models.build(cfg.architecture, cfg.n_way, cfg.width, 1), proto.offline_steps
+    else:
+        model, steps = train.build_model(cfg), cfg.num_inner_steps
+    return evaluation.Setting(
+        kind=part.kind,
+        model=model,
+        n_way=cfg.n_way,
+        k_shot=cfg.k_shot,
+        n_query=cfg.n_query,
+        num_steps=steps,
+        chunk=proto.chunk,
+        offline_lr=cfg.inner_lr,
+        task_batching=cfg.task_batching,
+    )
+
+
+def check_same_tasks(models_: dict) -> None:
+    """All models must have been trained on the same task shape (they share test tasks)."""
+    shapes = {(c.dataset, c.n_way, c.k_shot, c.n_query, c.image_size) for c, _ in models_.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"The models were trained on different task shapes: {shapes}.")
+
+
+def evaluate(
+    models_: dict, splits: dict, norm, proto: config_lib.Protocol, out_dir, title: str, seed=0
+) -> dict:
+    """Evaluates every method on `models_` {name: (cfg, meta)}; returns the results dict.
+
+    Parts already evaluated with the same settings (out_dir/parts/*.json) are loaded, not
+    recomputed. rho is chosen per noise level on the validation classes only.
+    """
+    check_same_tasks(models_)
+    parts_dir = pathlib.Path(out_dir, "parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    params = device.preset(proto.device)
+    devices = evaluation.stack([params])
+    images = {split: jax.device_put(splits[split]) for split in ("val", "test")}
+    any_cfg = next(iter(models_.values()))[0]
+    base = jax.random.PRNGKey(seed)
+    split_keys = {"val": jax.random.fold_in(base, 0), "test": jax.random.fold_in(base, 1)}
+    results = {
+        "title": title,
+        "chance": 1.0 / any_cfg.n_way,
+        "seeds": proto.seeds,
+        "protocol": proto._asdict(),
+        "device": {k: float(v) for k, v in params._asdict().items()},
+        "models": {name: dataclasses.asdict(cfg) for name, (cfg, _) in models_.items()},
+        "parts": {},
+    }
+    for part in parts(models_, proto):
+        cfg, meta = models_[part.model] if part.model else (any_cfg, None)
+        setting = _setting(part, cfg, proto)
+        file = parts_dir / f"{part.name}.json"
+        fingerprint = _fingerprint(
+            setting._replace(model=repr(setting.model)),
+            part.grid._asdict(),
+            part.num_tasks,
+            results["device"],
+            seed,
+            cfg,
+            _digest(meta),
+        )
+        if file.exists():
+            saved = json.loads(file.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                results["parts"][part.name] = saved
+                logging.info("Part %s: loaded from %s.", part.name, file)
+                continue
+        start = time.time()
+        accs = evaluation.sweep(
+            split_keys[part.split],
+            meta,
+            images[part.split],
+            norm,
+            devices,
+            part.grid,
+            part.num_tasks,
+            setting,
+            device.pulse_policy(cfg.pulse_policy),
+            progress=_progress(part.name),
+        )
+        record = {
+            "fingerprint": fingerprint,
+            "model": part.model,
+            "split": part.split,
+            "kind": part.kind,
+            "num_steps": setting.num_steps,
+            "seconds": time.time() - start,
+            "rows": evaluation.summarize(accs, part.grid),
+        }
+        file.write_text(json.dumps(record, indent=1))
+        results["parts"][part.name] = record
+    return finish(results)
+
+
+def _progress(name):
+    """Logs a sweep's progress (chunks, rate, ETA) at most once a minute."""
+    start = last = time.time()
+
+    def progress(done, total):
+        nonlocal last
+        if done == total or time.time() - last > 60:
+            last = time.time()
+            rate = done / (last - start)
+            eta = (total - done) / rate / 60
+            logging.info(
+                "Part %s: chunk %d/%d, %.2f chunks/s, ETA %.1f min", name, done, total, rate, eta
+            )
+
+    return progress
+
+
+def finish(results: dict) -> dict:
+    """Adds best_rho, origin and the method rows to results holding the evaluated parts."""
+    parts_ = results["parts"]
+    results["best_rho"] = {
+        name: evaluation.best_rho(parts_[f"{name}_val"]["rows"])
+        for name in results["models"]
+        if f"{name}_val" in parts_
+    }
+    results["origin"] = {
+        name: {k: parts_[f"{name}_origin"]["rows"][0][k] for k in ("accuracy", "ci95")}
+        for name in results["models"]
+        if f"{name}_origin" in parts_
+    }
+    results["methods"] = method_rows(results)
+    return results
+
+
+def method_rows(results: dict) -> list[dict]:
+    """The paper's methods, one row per noise level, picked from the evaluated parts."""
+    parts_, best = results["parts"], results["best_rho"]
+    out = []
+    for method, model, tuned in METHODS:
+        if f"{model}_test" not in parts_:
+            continue
+        rho_of = (lambda s, m=model: best[m][s]) if tuned else (lambda s: 1.0)
+        rows = parts_[f"{model}_test"]["rows"]
+        out += [{"method": method, **r} for r in rows if r["rho"] == rho_of(r["sigma_w"])]
+    if "offline_test" in parts_:
+        out += [{"method": "offline", **r} for r in parts_["offline_test"]["rows"]]
+    return out
+
+
+def write_csv(results: dict, path) -> None:
+    """Every evaluated number: one row per (part, sigma_w, rho), then the method rows."""
+    fields = ["table", "name", "split", "kind", "num_steps", "sigma_w", "rho", "accuracy", "ci95"]
+    fields += ["tasks", "seed_accuracies"]
+
+    def line(row, **labels):
+        numbers = {k: row[k] for k in ("sigma_w", "rho", "accuracy", "ci95", "tasks")}
+        seeds = " ".join(f"{a:.4f}" for a in row["seed_accuracies"])
+        return {**labels, **numbers, "seed_accuracies": seeds}
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for name, part in results["parts"].items():
+            labels = {k: part[k] for k in ("split", "kind", "num_steps")}
+            writer.writerows(line(row, table="part", name=name, **labels) for row in part["rows"])
+        for row in results["methods"]:
+            writer.writerow(line(row, table="method", name=row["method"], split="test"))
+
+
+def save(results: dict, out_dir) -> None:
+    """results.json and results.csv in `out_dir`."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_csv(results, out / "results.csv")
+
+
+def load(out_dir) -> dict:
+    """The results dict of `save`, with best_rho's noise levels as floats again."""
+    file = pathlib.Path(out_dir, "results.json")
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing: run experiments/reproduce.py for it first.")
+    results = json.loads(file.read_text())
+    best = results["best_rho"]
+    results["best_rho"] = {m: {float(s): r for s, r in d.items()} for m, d in best.items()}
+    return results
