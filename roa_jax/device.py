@@ -42,6 +42,10 @@ class DeviceParams(NamedTuple):
     v_reset: jax.Array  # V (< 0), depression pulse amplitude
     t_p: jax.Array  # s, pulse width
     window: jax.Array  # in [0, 1]: 1 = state window g(w) of Eq. 1 (nonlinear), 0 = linear steps
+    # The write-noise law of Eq. 7 (whose exact scaling the paper lost) and its scale; both
+    # floats, so one compiled sweep covers several laws (NOISE_LAWS, `noise_std`).
+    noise_law: jax.Array = 0.0  # index into NOISE_LAWS; 0 = Eq. 7 as written (MODEL.md 1)
+    noise_scale: jax.Array = 1.0  # dimensionless factor on the law's standard deviation
 
 
 class PulsePolicy(NamedTuple):
@@ -80,7 +84,39 @@ def pulse_policy(name: str, max_pulses: float = np.inf) -> PulsePolicy:
 
 
 def _params(**kw) -> DeviceParams:
-    return DeviceParams(**{k: jnp.float32(v) for k, v in kw.items()})
+    return DeviceParams(**{k: jnp.float32(v) for k, v in {**_LITERAL_NOISE, **kw}.items()})
+
+
+# The write-noise laws the paper's wording admits ("the variance of the noise is proportional
+# to the range of conductance and to dG; sigma_w is a dimensionless standard deviation"), each
+# a standard deviation (S) of the Gaussian added to a written device (MODEL.md 1, issue 10):
+#   sqrt:      scale sigma_w sqrt(|dG| (G_max - G_min))   Eq. 7 as written (the literal reading)
+#   linear:    scale sigma_w |dG|                         std proportional to the change
+#   per_pulse: scale sigma_w |dG| / sqrt(|n|)             independent noise on each of the |n|
+#              pulses, of std sigma_w times that pulse's step (|dG| / |n| on average)
+#   range:     scale sigma_w (G_max - G_min)              any write, whatever its size
+# dG is the noiseless (nonlinear) change and n the pulse count; a device with no pulse gets no
+# noise under every law.
+NOISE_LAWS = ("sqrt", "linear", "per_pulse", "range")
+_LITERAL_NOISE = dict(noise_law=0.0, noise_scale=1.0)
+
+
+def with_noise(params: DeviceParams, law: str, scale: float = 1.0) -> DeviceParams:
+    """`params` with the write-noise law `law` (one of NOISE_LAWS) at `scale`."""
+    if law not in NOISE_LAWS:
+        raise ValueError(f"noise law {law!r} is not one of {NOISE_LAWS}.")
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"noise scale={scale} must be finite and >= 0.")
+    return params._replace(
+        noise_law=jnp.float32(NOISE_LAWS.index(law)), noise_scale=jnp.float32(scale)
+    )
+
+
+def with_granularity(params: DeviceParams, factor: float) -> DeviceParams:
+    """`params` with `factor` times as many pulses across the range (both rates / factor)."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"granularity factor={factor} must be finite and > 0.")
+    return params._replace(lam=params.lam / factor)
 
 
 # Chang et al. (2011) current parameters, as given in MODEL.md 1; not the paper's lost Table 1.
@@ -148,6 +184,16 @@ def validate(params: DeviceParams) -> DeviceParams:
     for name in ("alpha", "beta", "gamma", "delta", "eta1", "eta2"):
         checks.append((getattr(p, name) > 0, f"{name} must be > 0"))
     for ok, message in checks:
+        if not np.all(ok):
+            raise ValueError(f"Invalid device parameters: {message}.")
+    checks.append(
+        (
+            np.isin(p.noise_law, np.arange(len(NOISE_LAWS))),
+            f"noise_law must be one of 0..{len(NOISE_LAWS) - 1} ({', '.join(NOISE_LAWS)})",
+        )
+    )
+    checks.append((p.noise_scale >= 0, "noise_scale must be >= 0"))
+    for ok, message in checks[-2:]:
         if not np.all(ok):
             raise ValueError(f"Invalid device parameters: {message}.")
     g_min, g_max = conductance(0.0, p), conductance(1.0, p)
@@ -307,7 +353,8 @@ def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None 
     dG -> pulse count (Eqs. 5-6) -> nonlinear response (Eq. 1) -> write noise (Eq. 7):
 
         G_new = clip(G_0 + dG_actual + N(0, sigma^2), G_min, G_max),
-        sigma = sigma_w * sqrt(|dG_actual| * (G_max - G_min)).
+        sigma = sigma_w * sqrt(|dG_actual| * (G_max - G_min))   (the 'sqrt' law; `noise_std`
+                                                                 gives the others).
 
     A device given no pulse changes not at all and gets no noise. Differentiable in `g` and
     `dg`: the rounding passes gradients straight through and the noise is reparameterized.
@@ -330,10 +377,7 @@ def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None 
     # The Eq. 1 change, computed as an increment so that small steps keep their precision.
     dg_actual = (g_max - g_min) * (jnp.clip(w + pulse_increment(w, n, params), 0.0, 1.0) - w)
     g_pulsed = g + dg_actual
-    pulsed = n != 0
-    # Double `where`: sqrt is never evaluated at 0, so its gradient stays finite.
-    magnitude = jnp.where(pulsed, jnp.abs(dg_actual) + _TINY, 1.0)
-    sigma = jnp.where(pulsed, sigma_w * jnp.sqrt(magnitude * (g_max - g_min)), 0.0)  # Eq. 7
+    sigma = noise_std(dg_actual, n, params, sigma_w)  # Eq. 7
     noise = sigma * jax.random.normal(key, jnp.shape(sigma), dtype=jnp.result_type(g))
     # No `where(pulsed, ..., g)`: a device with n = 0 already gets dG_actual = 0 and no noise,
     # and leaving it out keeps the straight-through gradient d(g_new)/d(dg) for devices whose
@@ -342,10 +386,27 @@ def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None 
     return g_new, n
 
 
-def write_noise_std(dg_actual, params: DeviceParams, sigma_w):
-    """The Eq. 7 standard deviation (S) of a write whose noiseless change is `dg_actual` (S)."""
+def noise_std(dg_actual, n, params: DeviceParams, sigma_w):
+    """Standard deviation (S) of the write noise of a change `dg_actual` (S) by `n` pulses.
+
+    Eq. 7 under the device's `noise_law` (NOISE_LAWS) times its `noise_scale`; 0 where n = 0.
+    Every law's value is a smooth function of dG away from dG = 0, and the square roots are
+    guarded (double `where`), so gradients stay finite.
+    """
     g_min, g_max = conductance_range(params)
-    return sigma_w * jnp.sqrt(jnp.abs(dg_actual) * (g_max - g_min))
+    span = g_max - g_min
+    pulsed = n != 0
+    magnitude = jnp.where(pulsed, jnp.abs(dg_actual) + _TINY, 1.0)
+    pulses = jnp.where(pulsed, jnp.abs(n), 1.0)
+    laws = (
+        jnp.sqrt(magnitude * span),  # sqrt (Eq. 7 as written)
+        magnitude,  # linear
+        magnitude / jnp.sqrt(pulses),  # per_pulse
+        jnp.broadcast_to(span, jnp.shape(magnitude)),  # range
+    )
+    law = jnp.round(params.noise_law)
+    std = sum(jnp.where(law == i, x, 0.0) for i, x in enumerate(laws))
+    return jnp.where(pulsed, params.noise_scale * sigma_w * std, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,6 +475,7 @@ def load_params(path) -> DeviceParams:
             f"'format': {PARAMS_FORMAT!r}."
         )
     fields = set(DeviceParams._fields)
+    values = {**_LITERAL_NOISE, **values}  # files saved before the noise law was a field
     problems = []
     if missing := sorted(fields - set(values)):
         problems.append(f"missing fields {missing}")
