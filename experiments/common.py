@@ -56,7 +56,8 @@ def define_protocol_flags(default_scale: str) -> None:
     flags.DEFINE_string("eval_device", None, "Device preset or .json of the adaptation crossbars.")
 
 
-def _floats(name: str) -> tuple:
+def floats(name: str) -> tuple:
+    """The finite numbers of list flag --`name`; a ValueError naming the flag otherwise."""
     values = []
     for text in FLAGS[name].value:
         try:
@@ -71,13 +72,14 @@ def _floats(name: str) -> tuple:
     return tuple(values)
 
 
-def protocol(scale: str | None = None) -> config_lib.Protocol:
-    """The validated protocol of `scale` (default --eval_scale) with the flags' overrides."""
-    proto = config_lib.protocol(scale or FLAGS.eval_scale)
+def protocol(scale: str | None = None, task: str | None = None) -> config_lib.Protocol:
+    """The validated protocol of `scale` (default --eval_scale) for `task`, with the flags'
+    overrides."""
+    proto = config_lib.protocol(scale or FLAGS.eval_scale, task)
     overrides = {}
     for name, field in (("sigma_w", "sigmas"), ("rhos", "rhos")):
         if FLAGS[name].value is not None:
-            overrides[field] = _floats(name)
+            overrides[field] = floats(name)
     for name in ("seeds", "test_tasks", "val_tasks", "offline_steps"):
         if FLAGS[name].value is not None:
             overrides[name] = FLAGS[name].value
@@ -87,11 +89,11 @@ def protocol(scale: str | None = None) -> config_lib.Protocol:
 
 
 def check_run_folder(flag: str, path: str) -> str:
-    """`path` if it is a meta_train.py run folder with a best/ checkpoint; else an error."""
-    if not (pathlib.Path(path, "config.json").exists() and rundir.Workdir(path).best.exists()):
-        raise FileNotFoundError(
-            f"--{flag}={path}: no config.json and best/ checkpoint there; meta-train it first."
-        )
+    """`path` if it is a meta_train.py run folder that finished training; else an error."""
+    if not pathlib.Path(path, "config.json").exists():
+        raise FileNotFoundError(f"--{flag}={path}: no config.json there; meta-train it first.")
+    if not rundir.finished(path):
+        raise ValueError(f"--{flag}={path}: its meta-training has not finished; rerun it first.")
     return path
 
 

@@ -31,7 +31,7 @@ flags.DEFINE_enum("task", "omniglot_5w1s", sorted(config_lib.TASKS), "The paper'
 flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale of meta-training and evaluation.")
 flags.DEFINE_string("workdir", None, "Run folders (default runs/reproduce/<task>_<scale>).")
 flags.DEFINE_string("results_dir", None, "Outputs (default results/<task>_<scale>).")
-flags.DEFINE_list("models", list(config_lib.MODELS), "Models to meta-train and compare.")
+flags.DEFINE_list("models", None, "Models to meta-train and compare (default: the task's).")
 flags.DEFINE_bool("train_only", False, "Stop after meta-training (e.g. before a calibration).")
 common.define_data_flags()
 common.define_protocol_flags("cpu")
@@ -44,13 +44,13 @@ def main(argv):
     name = f"{FLAGS.task}_{FLAGS.scale}"
     workdir = pathlib.Path(FLAGS.workdir or common.ROOT / "runs" / "reproduce" / name)
     results_dir = pathlib.Path(FLAGS.results_dir or common.ROOT / "results" / name)
-    unknown = set(FLAGS.models) - set(config_lib.MODELS)
-    if unknown or "roa" not in FLAGS.models:
-        raise ValueError(
-            f"--models={FLAGS.models}: choose from {list(config_lib.MODELS)}, with roa."
-        )
-    proto = common.protocol(FLAGS.scale if FLAGS["eval_scale"].using_default_value else None)
-    configs = {m: config_lib.model_config(FLAGS.task, m, FLAGS.scale) for m in FLAGS.models}
+    models = FLAGS.models or config_lib.task_models(FLAGS.task)
+    unknown = set(models) - set(config_lib.MODELS)
+    if unknown or "roa" not in models:
+        raise ValueError(f"--models={models}: choose from {list(config_lib.MODELS)}, with roa.")
+    scale = FLAGS.scale if FLAGS["eval_scale"].using_default_value else None
+    proto = common.protocol(scale, FLAGS.task)
+    configs = {m: config_lib.model_config(FLAGS.task, m, FLAGS.scale) for m in models}
     # Data first: a missing file or too few classes fails here, before any compile.
     splits, norm = data.load_splits(configs["roa"], FLAGS.data_dir, FLAGS.cache_dir)
     for cfg in configs.values():

@@ -82,21 +82,21 @@ class Part(NamedTuple):
     num_tasks: int
 
 
-def parts(models_: dict, proto: config_lib.Protocol) -> list[Part]:
-    """The parts to evaluate for {name: (cfg, meta)}."""
-    seeds = range(proto.seeds)
+def parts(models_: dict, proto: config_lib.Protocol, num_devices: int = 1) -> list[Part]:
+    """The parts to evaluate for {name: (cfg, meta)}, over `num_devices` stacked devices."""
+    seeds, devices = range(proto.seeds), range(num_devices)
     out = []
     for name in models_:
-        val_grid = evaluation.make_grid(proto.sigmas, proto.rhos, [0])
-        test_grid = evaluation.make_grid(proto.sigmas, proto.rhos, seeds)
-        origin = evaluation.make_grid([0.0], [1.0], seeds)
+        val_grid = evaluation.make_grid(proto.sigmas, proto.rhos, [0], devices)
+        test_grid = evaluation.make_grid(proto.sigmas, proto.rhos, seeds, devices)
+        origin = evaluation.make_grid([0.0], [1.0], seeds)  # no device: exact arithmetic
         out += [
             Part(f"{name}_val", name, "val", "adapt", val_grid, proto.val_tasks),
             Part(f"{name}_test", name, "test", "adapt", test_grid, proto.test_tasks),
             Part(f"{name}_origin", name, "test", "origin", origin, proto.test_tasks),
         ]
     if proto.offline_steps:
-        grid = evaluation.make_grid(proto.sigmas, [1.0], seeds)
+        grid = evaluation.make_grid(proto.sigmas, [1.0], seeds, devices)
         out.append(Part("offline_test", None, "test", "offline", grid, proto.test_tasks))
     return out
 
@@ -128,18 +128,37 @@ def check_same_tasks(models_: dict) -> None:
 
 
 def evaluate(
-    models_: dict, splits: dict, norm, proto: config_lib.Protocol, out_dir, title: str, seed=0
+    models_: dict,
+    splits: dict,
+    norm,
+    proto: config_lib.Protocol,
+    out_dir,
+    title: str,
+    seed=0,
+    devices: dict | None = None,
 ) -> dict:
     """Evaluates every method on `models_` {name: (cfg, meta)}; returns the results dict.
 
     Parts already evaluated with the same settings (out_dir/parts/*.json) are loaded, not
     recomputed. rho is chosen per noise level on the validation classes only.
+
+    Args:
+      models_: {name: (config, meta-parameters)} of the meta-trained networks.
+      splits: {'val', 'test'} class arrays (a calibration passes validation classes twice).
+      norm: per-channel (mean, std).
+      proto: the protocol.
+      out_dir: where the parts are saved.
+      title: of the figures and tables.
+      seed: base seed of tasks and noise.
+      devices: {label: DeviceParams} to evaluate all in one sweep per part (the grid's device
+        axis); default {proto.device: its preset}. With more than one, rows carry a 'device'
+        index and `select` gives the results of one device.
     """
     check_same_tasks(models_)
     parts_dir = pathlib.Path(out_dir, "parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    params = device.preset(proto.device)
-    devices = evaluation.stack([params])
+    devices = devices or {proto.device: device.preset(proto.device)}
+    stacked = evaluation.stack(list(devices.values()))
     images = {split: jax.device_put(splits[split]) for split in ("val", "test")}
     any_cfg = next(iter(models_.values()))[0]
     base = jax.random.PRNGKey(seed)
@@ -149,11 +168,14 @@ def evaluate(
         "chance": 1.0 / any_cfg.n_way,
         "seeds": proto.seeds,
         "protocol": proto._asdict(),
-        "device": {k: float(v) for k, v in params._asdict().items()},
+        "devices": {
+            label: {k: float(v) for k, v in params._asdict().items()}
+            for label, params in devices.items()
+        },
         "models": {name: dataclasses.asdict(cfg) for name, (cfg, _) in models_.items()},
         "parts": {},
     }
-    for part in parts(models_, proto):
+    for part in parts(models_, proto, len(devices)):
         cfg, meta = models_[part.model] if part.model else (any_cfg, None)
         setting = _setting(part, cfg, proto)
         file = parts_dir / f"{part.name}.json"
@@ -161,7 +183,7 @@ def evaluate(
             setting._replace(model=repr(setting.model)),
             part.grid._asdict(),
             part.num_tasks,
-            results["device"],
+            results["devices"],
             seed,
             cfg,
             _digest(meta),
@@ -178,7 +200,7 @@ def evaluate(
             meta,
             images[part.split],
             norm,
-            devices,
+            stacked,
             part.grid,
             part.num_tasks,
             setting,
@@ -196,7 +218,22 @@ def evaluate(
         }
         file.write_text(json.dumps(record, indent=1))
         results["parts"][part.name] = record
-    return finish(results)
+    return finish(results) if len(devices) == 1 else results
+
+
+def select(results: dict, index: int) -> dict:
+    """The finished results of device `index` of a multi-device `evaluate`."""
+    label = list(results["devices"])[index]
+    one = {**results, "devices": {label: results["devices"][label]}, "parts": {}}
+    for name, part in results["parts"].items():
+        rows = part["rows"]
+        if rows and "device" in rows[0]:
+            rows = [{k: v for k, v in r.items() if k != "device"} for r in rows]
+            rows = [
+                r for r, full in zip(rows, part["rows"], strict=True) if full["device"] == index
+            ]
+        one["parts"][name] = {**part, "rows": rows}
+    return finish(one)
 
 
 def _progress(name):

@@ -179,6 +179,15 @@ def save_best(workdir: Workdir, meta, record: dict) -> None:
     workdir.best_json.write_text(json.dumps(record, indent=1))
 
 
+def finished(path) -> bool:
+    """Whether the run in `path` has trained all its steps (its latest checkpoint is the last)."""
+    path = pathlib.Path(path)
+    if not all((path / name).exists() for name in ("config.json", "best", "checkpoints")):
+        return False
+    latest = ocp.CheckpointManager((path / "checkpoints").absolute()).latest_step()
+    return latest == read_config(path).total_steps
+
+
 def read_best(workdir: Workdir) -> dict:
     """best.json ({'val_accuracy', 'ci95', 'step', 'epoch'}), or {} before the first epoch."""
     return json.loads(workdir.best_json.read_text()) if workdir.best_json.exists() else {}

@@ -1,6 +1,6 @@
 """Tests of roa_jax.data: episode sampling, synthetic classes and Omniglot.
 
-The Omniglot tests need the raw data: run with `ROA_DATA_DIR=/work/shared/data`.
+The Omniglot tests need the raw data: set ROA_DATA_DIR to a folder holding omniglot/.
 They build the tfds dataset once into a temporary cache (about a minute).
 """
 
@@ -215,8 +215,7 @@ def test_omniglot_bad_image_size():
 def omniglot_cache(tmp_path_factory):
     if not os.environ.get("ROA_DATA_DIR"):
         pytest.skip(
-            "ROA_DATA_DIR is not set: point it at a folder with omniglot/ (e.g. "
-            "ROA_DATA_DIR=/work/shared/data) to test the real Omniglot loader."
+            "set ROA_DATA_DIR to a folder holding omniglot/ to test the real Omniglot loader."
         )
     cache_dir = tmp_path_factory.mktemp("roa_cache")
     omniglot.load_omniglot(cache_dir=cache_dir)  # builds tfds and the .npz, once

@@ -381,8 +381,7 @@ def test_meta_train_without_usable_splits_fails_before_training(data_root, tmp_p
 def _real_data_root() -> pathlib.Path:
     if not os.environ.get("ROA_DATA_DIR"):
         pytest.skip(
-            "ROA_DATA_DIR is not set: point it at a folder with miniimagenet/ "
-            "(e.g. /work/shared/data) to test on the real val split."
+            "set ROA_DATA_DIR to a folder holding miniimagenet/ to test on the real val split."
         )
     return pathlib.Path(os.environ["ROA_DATA_DIR"])
 

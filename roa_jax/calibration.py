@@ -1,0 +1,280 @@
+"""Calibration of the lost device reconstruction against the paper's claims (issue 10).
+
+The paper's Table 1 (device parameters) and the exact scaling of its write noise (Eq. 7) are
+lost (MODEL.md 1). A reconstruction is a noise law (device.NOISE_LAWS), a scale factor on its
+standard deviation and a granularity (how many times finer the pulses are than the `paper`
+preset's). ROA pre-trains in software, so the device enters only at evaluation: the
+meta-trained networks of one task are evaluated once for every reconstruction (one sweep per
+part, the reconstructions on the grid's device axis), on VALIDATION classes only: rho is chosen
+on one set of validation tasks and the methods are scored on another (comparison.evaluate with
+the validation classes as both of its splits, different task keys). Each reconstruction is
+then scored by the claims module. Calibrate on Omniglot 5-way 1-shot only: the other tasks
+are the held-out test of the chosen reconstruction.
+
+Stage 1 evaluates the 1-step models (ROA, ROA-WC) and the offline scheme for every
+reconstruction; stage 2 adds the 5-step model for the `top` reconstructions of stage 1, since
+five noisy writes cost about 3.5x one and only two claims need them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+from typing import NamedTuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from roa_jax import claims, comparison, device  # noqa: E402
+from roa_jax import config as config_lib  # noqa: E402
+
+TASK = "omniglot_5w1s"
+
+
+class Reconstruction(NamedTuple):
+    """One reading of the lost device table and noise law."""
+
+    law: str  # one of device.NOISE_LAWS
+    scale: float  # factor on the law's standard deviation
+    granularity: float  # pulses across the range, relative to the base preset
+
+    @property
+    def label(self) -> str:
+        return f"{self.law} x{self.scale:g}, {self.granularity:g}x finer"
+
+    def params(self, base: device.DeviceParams) -> device.DeviceParams:
+        return device.with_granularity(
+            device.with_noise(base, self.law, self.scale), self.granularity
+        )
+
+
+# The default grid [chosen]: scales that span from the literal reading down to noise that
+# hardly matters at sigma_w = 3 for each law's units (BUILD_NOTES.md, "Calibration").
+DEFAULT_SCALES = {
+    "sqrt": (1.0, 0.1, 0.03, 0.01),
+    "linear": (1.0, 0.3, 0.1),
+    "per_pulse": (1.0, 0.3, 0.1),
+    "range": (0.01, 0.003, 0.001),
+}
+DEFAULT_GRANULARITIES = (1.0, 3.0, 10.0)
+
+
+def make_grid(scales: dict = DEFAULT_SCALES, granularities=DEFAULT_GRANULARITIES):
+    """Every law x its scales x granularity, the literal reading (sqrt x1, 1x) first."""
+    grid = [
+        Reconstruction(law, float(s), float(g))
+        for g in granularities
+        for law, law_scales in scales.items()
+        for s in law_scales
+    ]
+    literal = Reconstruction("sqrt", 1.0, 1.0)
+    return sorted(grid, key=lambda r: r != literal)
+
+
+def check(recons: list[Reconstruction]) -> None:
+    """Raises ValueError naming a bad law, scale or granularity."""
+    if not recons:
+        raise ValueError("the reconstruction grid is empty.")
+    for r in recons:
+        device.with_granularity(device.with_noise(device.paper(), r.law, r.scale), r.granularity)
+
+
+def calibrate(
+    models_: dict,
+    val_images,
+    norm,
+    recons: list[Reconstruction],
+    proto: config_lib.Protocol,
+    out_dir,
+    base: device.DeviceParams,
+    top: int = 6,
+) -> list[dict]:
+    """Scores every reconstruction with the claims; returns one record per reconstruction.
+
+    Args:
+      models_: {'roa', 'roa_wc'[, 'five_step']: (cfg, meta)} meta-trained on Omniglot 5-way.
+      val_images: the validation classes (both rho search and scoring draw from them).
+      norm: per-channel (mean, std).
+      recons: the reconstructions.
+      proto: sigmas, rhos, tasks (val_tasks for the rho search, test_tasks for scoring, one
+        repeat each: seeds is used as given) and offline steps.
+      out_dir: parts are saved (and reused on a rerun) under out_dir/stage1, /stage2.
+      base: the device the granularity refers to (the `paper` preset).
+      top: reconstructions of stage 1 that stage 2 evaluates with the 5-step model.
+
+    Returns:
+      Records {'reconstruction', 'verdicts', 'holds', 'measured', 'margin', 'results'},
+      best first (most claims holding, then the larger summed margin).
+    """
+    splits = {"val": val_images, "test": val_images}
+    devices = {r.label: r.params(base) for r in recons}
+    one_step = {m: models_[m] for m in ("roa", "roa_wc") if m in models_}
+    stage1 = comparison.evaluate(
+        one_step,
+        splits,
+        norm,
+        proto,
+        pathlib.Path(out_dir, "stage1"),
+        "calibration",
+        devices=devices,
+    )
+    records = [_record(r, comparison.select(stage1, i)) for i, r in enumerate(recons)]
+    records.sort(key=_rank)
+    if "five_step" in models_ and top > 0:
+        chosen = records[:top]
+        five = {"five_step": models_["five_step"]}
+        stage2 = comparison.evaluate(
+            five,
+            splits,
+            norm,
+            proto._replace(offline_steps=0),
+            pathlib.Path(out_dir, "stage2"),
+            "calibration",
+            devices={r["reconstruction"].label: devices[r["reconstruction"].label] for r in chosen},
+        )
+        for i, record in enumerate(chosen):
+            extra = comparison.select(stage2, i) if len(chosen) > 1 else stage2
+            merged = {
+                **record["results"],
+                "parts": {**record["results"]["parts"], **extra["parts"]},
+            }
+            merged["models"] = {**merged["models"], **extra["models"]}
+            records[i] = _record(record["reconstruction"], comparison.finish(merged))
+        records.sort(key=_rank)
+    return records
+
+
+def _record(recon: Reconstruction, results: dict) -> dict:
+    verdicts = claims.evaluate(results, TASK)
+    holds, measured = claims.score(verdicts)
+    margin = sum(v.margin for v in verdicts if v.margin is not None and math.isfinite(v.margin))
+    return dict(
+        reconstruction=recon,
+        verdicts=verdicts,
+        holds=holds,
+        measured=measured,
+        margin=margin,
+        results=results,
+    )
+
+
+def _rank(record):
+    return (-record["holds"], -record["margin"])
+
+
+def write(records: list[dict], out_dir, command: str = "") -> list[pathlib.Path]:
+    """calibration.csv, calibration.md (claims by reconstruction), calibration.json and
+    calibration.png (heatmap of the claims, accuracy vs noise of the best few) in `out_dir`."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "calibration.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["law", "scale", "granularity", "method", "sigma_w", "rho", "accuracy"])
+        for r in records:
+            rec = r["reconstruction"]
+            for row in r["results"]["methods"]:
+                writer.writerow(
+                    [
+                        rec.law,
+                        rec.scale,
+                        rec.granularity,
+                        row["method"],
+                        row["sigma_w"],
+                        row["rho"],
+                        f"{row['accuracy']:.4f}",
+                    ]
+                )
+    (out / "calibration.md").write_text(to_markdown(records, command))
+    summary = [
+        dict(
+            **r["reconstruction"]._asdict(),
+            holds=r["holds"],
+            measured=r["measured"],
+            margin=r["margin"],
+            verdicts={v.claim: v.verdict for v in r["verdicts"]},
+        )
+        for r in records
+    ]
+    (out / "calibration.json").write_text(json.dumps(summary, indent=1))
+    _figure(records, out / "calibration.png")
+    return [
+        out / n
+        for n in ("calibration.csv", "calibration.md", "calibration.json", "calibration.png")
+    ]
+
+
+_MARK = {"holds": "✓", "fails": "✗", "not measured": "–"}
+
+
+def to_markdown(records: list[dict], command: str = "") -> str:
+    """Claims (columns) by reconstruction (rows, best first), with the score."""
+    ids = [v.claim for v in records[0]["verdicts"]]
+    lines = [
+        "Calibration on Omniglot 5-way 1-shot validation tasks: which of the paper's claims "
+        "hold under each reconstruction of the lost device table and noise law "
+        "(✓ holds, ✗ fails, – not measured; best first)."
+    ]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    lines += ["", "| # | law | scale | granularity | " + " | ".join(ids) + " | holds |"]
+    lines.append("|---" * (len(ids) + 5) + "|")
+    for i, r in enumerate(records, 1):
+        rec = r["reconstruction"]
+        marks = " | ".join(_MARK[v.verdict] for v in r["verdicts"])
+        lines.append(
+            f"| {i} | {rec.law} | {rec.scale:g} | {rec.granularity:g}x | {marks} | "
+            f"{r['holds']}/{r['measured']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _figure(records, path, best: int = 3):
+    ids = [v.claim for v in records[0]["verdicts"]]
+    value = {"holds": 1.0, "fails": 0.0, "not measured": np.nan}
+    grid = np.array([[value[v.verdict] for v in r["verdicts"]] for r in records])
+    literal = [
+        i for i, r in enumerate(records) if r["reconstruction"] == Reconstruction("sqrt", 1.0, 1.0)
+    ]
+    shown = list(range(min(best, len(records)))) + [i for i in literal if i >= best]
+    fig = plt.figure(figsize=(15, max(5, 0.28 * len(records) + 2)))
+    heat = fig.add_axes([0.2, 0.22, 0.3, 0.7])
+    heat.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    heat.set_xticks(range(len(ids)), ids, rotation=60, ha="right", fontsize=7)
+    heat.set_yticks(
+        range(len(records)),
+        [f"{r['reconstruction'].label} ({r['holds']}/{r['measured']})" for r in records],
+        fontsize=7,
+    )
+    heat.set_title("claims holding (green), failing (red), not measured (white)", fontsize=9)
+    for k, i in enumerate(shown[:4]):
+        ax = fig.add_axes([0.6 + 0.2 * (k % 2), 0.58 - 0.46 * (k // 2), 0.17, 0.34])
+        results = records[i]["results"]
+        for method in ("ROA", "ROA-FLR", "5-step", "ROA-WC", "offline"):
+            rows = sorted(
+                (r for r in results["methods"] if r["method"] == method), key=lambda r: r["sigma_w"]
+            )
+            if rows:
+                ax.plot(
+                    [r["sigma_w"] for r in rows],
+                    [100 * r["accuracy"] for r in rows],
+                    marker="o",
+                    ms=3,
+                    label=method,
+                )
+        ax.axhline(100 * results["chance"], color="grey", ls=":")
+        origin = results.get("origin", {}).get("roa")
+        if origin:
+            ax.axhline(100 * origin["accuracy"], color="black", ls="--", lw=1)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"#{i + 1} {records[i]['reconstruction'].label}", fontsize=8)
+        ax.set_xlabel(r"$\sigma_w$", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=6)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+"""Lifting a one-task function over tasks (roa_jax/batching.py)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+from roa_jax import batching, models
+
+
+def _per_task(key, w, x):
+    """A task with its own conv weights (what vmap turns into a grouped conv) and its own key."""
+    y = models.conv3x3(x, w)
+    return {"out": jnp.sum(jnp.tanh(y), axis=(1, 2)), "noise": jax.random.normal(key, (2,))}
+
+
+def _tasks(num=3):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    keys = jax.random.split(k1, num)
+    return keys, jax.random.normal(k2, (num, 3, 3, 2, 4)), jax.random.normal(k3, (num, 2, 6, 6, 2))
+
+
+def _loop(fn, *tasks):
+    num = tasks[0].shape[0]
+    outs = [fn(*(t[i] for t in tasks)) for i in range(num)]
+    return jax.tree.map(lambda *x: jnp.stack(x), *outs)
+
+
+@pytest.mark.parametrize("strategy", ["unroll", "vmap", "map", "auto"])
+def test_strategies_equal_a_python_loop(strategy):
+    tasks = _tasks()
+    expected = _loop(_per_task, *tasks)
+    lifted = jax.jit(lambda *t: batching.map_tasks(_per_task, *t, strategy=strategy))(*tasks)
+    chex.assert_trees_all_close(lifted, expected, rtol=1e-5, atol=1e-6)
+    # Gradients too (the meta-gradient is taken through the lifted function).
+    total = lambda w, s: jnp.sum(batching.map_tasks(_per_task, tasks[0], w, tasks[2], strategy=s)["out"])
+    chex.assert_trees_all_close(
+        jax.grad(total)(tasks[1], strategy), jax.grad(total)(tasks[1], "unroll"), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_defaults_per_backend():
+    assert batching.default_strategy("cpu") == "unroll"
+    assert batching.default_strategy("gpu") == batching.default_strategy("tpu") == "vmap"
+    assert batching.default_grid_strategy("cpu") == "loop"
+    assert batching.default_grid_strategy("gpu") == "vmap"
+    backend = jax.default_backend()
+    assert batching.default_strategy() == batching.default_strategy(backend)
+    assert batching.default_grid_strategy() == batching.default_grid_strategy(backend)
+
+
+def test_bad_strategy_is_rejected_naming_the_choices():
+    tasks = _tasks()
+    with pytest.raises(ValueError, match=r"task_batching='grouped' is not one of \('unroll'"):
+        batching.map_tasks(_per_task, *tasks, strategy="grouped")
+    # 'loop' is a strategy for grid points of a sweep, not for tasks inside one program.
+    with pytest.raises(ValueError, match="'loop'"):
+        batching.check("loop")
+    assert batching.check("loop", batching.GRID_STRATEGIES) == "loop"
+    assert batching.check("auto") == "auto"
