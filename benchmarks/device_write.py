@@ -1,9 +1,10 @@
-"""Benchmark: one noisy hardware write (`crossbar.write_update`) vs a plain `W - lr * grad`.
+"""Benchmark: one noisy hardware write (the inner loop's `writers.crossbars(hw).write`) vs a plain
+`W - lr * grad`.
 
   .venv/bin/python benchmarks/device_write.py            # about 1 min on 2 CPU cores
 
 Cases: (a) the crossbars of a conv4-64 network for 5-way Omniglot (kernels 3x3x1x64,
-3x3x64x64 x3, dense 64x5: 111,488 weights) as a list of crossbars, (b) one 1024x1024 crossbar.
+3x3x64x64 x3, dense 64x5: 111,488 weights) as a dict of crossbars, (b) one 1024x1024 crossbar.
 Every function is jitted and compiled first; then each round times every function (the median
 of --repeats calls after a warm-up call, with `jax.block_until_ready`). Rounds are interleaved
 so that a change of load on the shared cores hits all functions alike; the table gives the
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from roa_jax import crossbar, device
+from roa_jax import crossbar, device, writers
 
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed calls per measurement (median taken).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved measurements per function.")
@@ -35,17 +36,13 @@ CASES = {
 LEARNING_RATE = 0.1
 
 
-def hardware_write(key, xbars, dws, params, sigma_w):
-    """One write of every crossbar (open-loop pulses, Eq. 7 noise); the new conductances."""
-    keys = jax.random.split(key, len(xbars))
-    return [
-        crossbar.write_update(k, xb, dw, params, sigma_w)[0].g_pos
-        for k, xb, dw in zip(keys, xbars, dws, strict=True)
-    ]
+def hardware_write(key, xbars, dws, hw):
+    """One write of every crossbar (open-loop pulses, Eq. 7 noise); the new crossbars."""
+    return writers.crossbars(hw).write(key, xbars, dws)
 
 
 def plain_update(weights, grads):
-    return [w - LEARNING_RATE * g for w, g in zip(weights, grads, strict=True)]
+    return jax.tree.map(lambda w, g: w - LEARNING_RATE * g, weights, grads)
 
 
 def normal_draw(key, shapes):
@@ -54,25 +51,26 @@ def normal_draw(key, shapes):
 
 
 def _problem(shapes, params):
+    """{layer: weights}, {layer: gradients} and {layer: crossbar} of one case."""
     keys = jax.random.split(jax.random.PRNGKey(0), len(shapes))
-    weights, grads = [], []
-    for key, shape in zip(keys, shapes, strict=True):
+    weights, grads = {}, {}
+    for i, (key, shape) in enumerate(zip(keys, shapes, strict=True)):
         k_w, k_g = jax.random.split(key)
-        weights.append(jax.random.uniform(k_w, shape, minval=-0.5, maxval=0.5))
-        grads.append(0.5 * jax.random.normal(k_g, shape))
-    return weights, grads, [crossbar.program(w, params) for w in weights]
+        weights[i] = jax.random.uniform(k_w, shape, minval=-0.5, maxval=0.5)
+        grads[i] = 0.5 * jax.random.normal(k_g, shape)
+    return weights, grads, {i: crossbar.program(w, params) for i, w in weights.items()}
 
 
 def _compiled(case, params, sigma_w):
     """[(name, fn, args)] for one case, every fn already compiled."""
     shapes = CASES[case]
     weights, grads, xbars = _problem(shapes, params)
-    dws = [-LEARNING_RATE * g for g in grads]
+    dws = {i: -LEARNING_RATE * g for i, g in grads.items()}
     key = jax.random.PRNGKey(1)
-    write_args = (key, xbars, dws, params, sigma_w)
+    write_args = (key, xbars, dws, writers.hardware(params, sigma_w))
     variants = [
-        ("write", jax.jit(lambda *a: hardware_write(*a)), write_args),
-        ("plain", jax.jit(lambda *a: plain_update(*a)), (weights, grads)),
+        ("write", jax.jit(hardware_write), write_args),
+        ("plain", jax.jit(plain_update), (weights, grads)),
         ("normal draw only", jax.jit(lambda k: normal_draw(k, shapes)), (key,)),
     ]
     for _, fn, args in variants:
@@ -107,7 +105,7 @@ def main(argv):
     compiled = {}
     for case, shapes in CASES.items():
         weights = sum(int(jnp.prod(jnp.array(s))) for s in shapes)
-        compiled[case] = _compiled(case, params, jnp.float32(_SIGMA_W.value))
+        compiled[case] = _compiled(case, params, _SIGMA_W.value)
         print(f"  {case}: {weights:,} weights")
     times = {}
     for i in range(_ROUNDS.value):

@@ -24,7 +24,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from roa_jax import device, maml, models, roa, train  # noqa: E402
+from roa_jax import config, device, maml, models, roa, train, writers  # noqa: E402
 from roa_jax.data import episodes as episodes_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,7 @@ def _episodes(key, cfg):
 def jax_fn(num_steps, strategy, lax_conv=False):
     """The jitted meta-step, compiled now; lax_conv: with JAX's own derivative rules for the
     convolutions instead of models.conv3x3's (the reference for that choice)."""
-    cfg = train.Config(
+    cfg = config.Config(
         num_inner_steps=num_steps,
         width=FLAGS.width,
         image_size=FLAGS.image_size,
@@ -78,27 +78,34 @@ def jax_fn(num_steps, strategy, lax_conv=False):
         task_batching=strategy,
     )
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-    state = train.init_state(cfg, shape)
+    meta = train.init_meta(cfg, shape)
+    optimizer = train.make_optimizer(cfg)
+    state = train.TrainState(meta, optimizer.init(meta), jnp.int32(0))
     batch = _episodes(jax.random.PRNGKey(0), cfg)
     msl_w = maml.msl_weights(num_steps, 0, cfg.msl_epochs)
-    step = functools.partial(train.train_step, cfg=cfg, first_order=False)
+    step = functools.partial(
+        train.train_step, objective=train.objective(cfg), optimizer=optimizer, first_order=False
+    )
     conv3x3 = models.conv3x3
     models.conv3x3 = conv3x3.fun if lax_conv else conv3x3
     try:
-        step = jax.jit(step).lower(state, batch, jax.random.PRNGKey(1), msl_w).compile()
+        step = jax.jit(step).lower(state, batch, jax.random.PRNGKey(1), msl_w, None).compile()
     finally:
         models.conv3x3 = conv3x3
 
     def run():
-        jax.block_until_ready(step(state, batch, jax.random.PRNGKey(1), msl_w))
+        jax.block_until_ready(step(state, batch, jax.random.PRNGKey(1), msl_w, None))
 
     return run, state.meta, batch, cfg
 
 
 def eval_fn(meta, batch, cfg, hw):
-    fn = jax.jit(
-        lambda k, m, b: roa.evaluate_tasks(k, m, b, cfg.num_inner_steps, hw, 2.0, cfg.task_batching)
-    )
+    model = train.build_model(cfg)
+
+    def evaluate(k, m, b):
+        return roa.adapt_tasks(k, model, m, b, cfg.num_inner_steps, hw, 2.0, cfg.task_batching)
+
+    fn = jax.jit(evaluate)
     return lambda: jax.block_until_ready(fn(jax.random.PRNGKey(2), meta, batch))
 
 
@@ -170,7 +177,7 @@ def main(argv):
         # Evaluation is timed with the first strategy given (the backend default: unroll).
         meta, batch, cfg = timed[FLAGS.strategies[0]]
         fns["origin"] = eval_fn(meta, batch, cfg, None)
-        fns["hardware"] = eval_fn(meta, batch, cfg, roa.hardware(device.paper(), 1.0))
+        fns["hardware"] = eval_fn(meta, batch, cfg, writers.hardware(device.paper(), 1.0))
         seconds = _median_times(fns, FLAGS.repeats)
         reference = seconds.get("torch", float("nan"))
         for strategy in FLAGS.strategies:

@@ -24,7 +24,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from roa_jax import device, evaluation, maml  # noqa: E402
+from roa_jax import batching, device, evaluation, maml, models  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("levels", 8, "Noise levels.")
@@ -36,16 +36,18 @@ flags.DEFINE_list("strategies", ["unroll", "map", "vmap", "loop"], "Strategies t
 
 def main(argv):
     del argv
-    meta = maml.init(jax.random.PRNGKey(0), 5, (28, 28, 1), FLAGS.width, 1, 0.1)
+    model = models.build("conv4", 5, FLAGS.width, 2)  # one BN set per step and for theta_0
+    meta = maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, 28, 28, 1)), 1, 0.1)
     images = jax.random.randint(jax.random.PRNGKey(1), (100, 20, 28, 28, 1), 0, 256)
     images = images.astype(jnp.uint8)
     grid = evaluation.make_grid(np.linspace(0, 3, FLAGS.levels), [1.0], [0])
-    setting = evaluation.Setting("adapt", n_way=5, k_shot=1, n_query=15, chunk=FLAGS.chunk)
-    args = (jax.random.PRNGKey(2), meta, images, (0.0, 1.0), device.paper(), grid)
+    setting = evaluation.Setting("adapt", model, n_way=5, k_shot=1, n_query=15, chunk=FLAGS.chunk)
+    devices = evaluation.stack([device.paper()])
+    args = (jax.random.PRNGKey(2), meta, images, (0.0, 1.0), devices, grid)
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}; {FLAGS.levels} noise levels x "
         f"{FLAGS.tasks} tasks, conv4-{FLAGS.width}, 5-way 1-shot, one hardware write; "
-        f"auto = {evaluation.default_sweep_batching()}"
+        f"auto = {batching.default_grid_strategy()}"
     )
     times, results = {}, {}
     for strategy in FLAGS.strategies:

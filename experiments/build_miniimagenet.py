@@ -10,7 +10,8 @@ there now; about 10 s per split on 2 cores) into `--tfds_dir`, and prints e.g.
 import os
 import time
 
-from absl import app, flags
+import common
+from absl import flags, logging
 
 from roa_jax.data import miniimagenet
 
@@ -33,21 +34,21 @@ _SPLITS = flags.DEFINE_list(
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     if not _DATA_DIR.value:
-        raise app.UsageError(
+        raise ValueError(
             "--data_dir is not set and ROA_DATA_DIR is unset: point either at a folder "
             "with a miniimagenet/ subfolder."
         )
     splits = _SPLITS.value or miniimagenet.available_splits(_DATA_DIR.value)
     unknown = sorted(set(splits) - set(miniimagenet.SPLITS))
     if unknown:
-        raise app.UsageError(f"--splits has {unknown}: use names from {miniimagenet.SPLITS}.")
+        raise ValueError(f"--splits has {unknown}: use names from {miniimagenet.SPLITS}.")
     if not splits:
-        raise app.UsageError(
-            f"--data_dir={_DATA_DIR.value} has no miniImageNet split.\n"
-            + miniimagenet.MANUAL_DOWNLOAD_INSTRUCTIONS
+        logging.error(miniimagenet.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        raise ValueError(
+            f"--data_dir={_DATA_DIR.value} has no miniImageNet split (zip and CSV in its "
+            "miniimagenet/ subfolder; see the instructions above)."
         )
     start = time.perf_counter()
     builders = miniimagenet.build_tfds(_DATA_DIR.value, splits, _TFDS_DIR.value)
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

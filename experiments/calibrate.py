@@ -18,7 +18,7 @@ import sys
 import common
 from absl import flags, logging
 
-from roa_jax import calibration, data, device, rundir, train
+from roa_jax import calibration, data, device, distributed, rundir, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -39,6 +39,7 @@ _PROTOCOL = dict(seeds=1, test_tasks=40, val_tasks=40)
 
 def main(argv):
     del argv
+    common.init_processes()
     rundir.quiet_orbax()
     proto = common.protocol()
     if FLAGS["seeds"].using_default_value:
@@ -76,6 +77,8 @@ def main(argv):
         base,
         FLAGS.top,
     )
+    if not distributed.is_main():
+        return  # process 0 writes the outputs
     command = "python experiments/calibrate.py " + shlex.join(sys.argv[1:])
     paths = calibration.write(records, FLAGS.out_dir, command)
     logging.info("Wrote %s", [str(p) for p in paths])

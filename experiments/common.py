@@ -1,5 +1,6 @@
-"""What the binaries share: the data and evaluation flags (defined and checked once), and `run`,
-which prints a user's mistake as one line instead of a traceback.
+"""What the binaries share: the data, evaluation and multi-process flags (defined and checked
+once), `init_processes`, and `run`, which prints a user's mistake as one line instead of a
+traceback.
 
 Evaluation flags override the protocol of a scale (roa_jax/config.py `protocol`): each left
 unset keeps the scale's value.
@@ -12,15 +13,33 @@ import sys
 import traceback
 
 from absl import app, flags
+from ml_collections import config_flags
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
 from roa_jax import config as config_lib  # noqa: E402
-from roa_jax import rundir  # noqa: E402
+from roa_jax import distributed, rundir  # noqa: E402
 
 ROOT = _ROOT
 FLAGS = flags.FLAGS
+
+# Many hosts (roa_jax/distributed.py): unset, they come from JAX_COORDINATOR_ADDRESS,
+# JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's own Slurm / Open MPI detection.
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 of a multi-process run (all hosts)."
+)
+flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process of a multi-process run, 0 .. n-1.")
+
+
+def init_processes() -> None:
+    """Joins a multi-process run per the flags above; first in main, before any JAX work.
+
+    Afterwards every device of every process is visible, the evaluation's grid is split over
+    them all, and only process 0 writes files (`distributed.is_main`).
+    """
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
 def define_data_flags() -> None:
@@ -104,23 +123,52 @@ def _ours(error: BaseException) -> bool:
     return bool(frames) and frames[-1].filename.startswith(here)
 
 
+def _fail(message) -> None:
+    """Exits with `message` as the one line `<binary>: error: <message>` on stderr."""
+    print(f"{pathlib.Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag, config file or config field as one line naming it.
+
+    absl ends a flag error with a line pointing at --helpshort, and ml_collections raises a
+    missing config file only when the config is first read (a traceback, deep in main).
+    """
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:  # e.g. "flag --task=bogus: value should be one of <...>"
+        _fail(e)
+    except OSError as e:  # a --config.<field> override of a config file that did not load
+        _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+    except (AttributeError, KeyError) as e:  # a --config.<field> the config does not have
+        _fail(f"unknown config field {e}: see the fields of Config in roa_jax/config.py.")
+    for name in FLAGS:
+        if config_flags.config_flags.is_config_flag(FLAGS[name]):
+            try:
+                getattr(FLAGS[name].value, "to_dict", None)
+            except OSError as e:
+                _fail(f"--{name}: {str(e).strip().splitlines()[-1].strip()}")
+    return rest
+
+
 def run(main) -> None:
     """`app.run(main)`, with the project's own errors as one line on stderr (exit status 1).
 
     Bad flags, configs, data files and checkpoints are raised by the checks as ValueError,
     OSError (FileNotFoundError, ConnectionError) or FloatingPointError (a non-finite loss);
-    set ROA_DEBUG=1 to see their tracebacks. Any other exception keeps its traceback.
+    set ROA_DEBUG=1 to see their tracebacks. Any other exception keeps its traceback. Flag
+    parse errors (an unknown flag, a bad enum value, a missing config file) are one line too.
     """
 
     def wrapped(argv):
         if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+            _fail(f"unexpected arguments {argv[1:]} (flags are --name=value).")
         try:
             return main(argv)
         except (ValueError, OSError, FloatingPointError) as e:
             if os.environ.get("ROA_DEBUG") or not _ours(e):
                 raise
-            print(f"{pathlib.Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            _fail(e)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)

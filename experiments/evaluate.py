@@ -17,7 +17,7 @@ import pathlib
 import common
 from absl import flags
 
-from roa_jax import comparison, data, figures, train
+from roa_jax import comparison, data, distributed, figures, rundir, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -32,15 +32,19 @@ flags.mark_flags_as_required(["roa", "out_dir"])
 
 def main(argv):
     del argv
+    common.init_processes()
     proto = common.protocol()
     folders = {m: getattr(FLAGS, m) for m in config_lib.MODELS if getattr(FLAGS, m)}
-    for m, path in folders.items():
-        common.check_run_folder(m, path)
+    configs = {
+        m: (rundir.read_config(common.check_run_folder(m, p)), None) for m, p in folders.items()
+    }
+    comparison.check_same_tasks(configs)  # before any checkpoint is read
     trained = {m: train.load_trained(path) for m, path in folders.items()}
-    comparison.check_same_tasks(trained)
     splits, norm = data.load_splits(trained["roa"][0], FLAGS.data_dir, FLAGS.cache_dir)
     out = pathlib.Path(FLAGS.out_dir)
     results = comparison.evaluate(trained, splits, norm, proto, out, title=FLAGS.title or out.name)
+    if not distributed.is_main():
+        return  # process 0 writes the outputs
     comparison.save(results, out)
     figures.make_all(results, out)
     print((out / "table2.md").read_text())

@@ -19,7 +19,7 @@ import common
 from absl import flags, logging
 from ml_collections import config_flags
 
-from roa_jax import comparison, data, figures, rundir, train
+from roa_jax import comparison, data, distributed, figures, rundir, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -33,10 +33,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    common.init_processes()
     rundir.quiet_orbax()
     cfg = config_lib.build(_CONFIG.value)
     if FLAGS.stop_after_steps is not None and FLAGS.stop_after_steps < 1:
         raise ValueError(f"--stop_after_steps={FLAGS.stop_after_steps} must be >= 1.")
+    if FLAGS.test_tasks is not None and FLAGS.test_tasks < 0:
+        raise ValueError(f"--test_tasks={FLAGS.test_tasks} must be >= 0 (0: no evaluation).")
     evaluate = FLAGS.test_tasks != 0
     proto = common.protocol() if evaluate else None
     workdir = pathlib.Path(FLAGS.workdir).expanduser().absolute()
@@ -50,6 +53,8 @@ def main(argv):
         trained = {comparison.model_name(cfg): train.load_trained(workdir)}
         out = workdir / "evaluation"
         results = comparison.evaluate(trained, splits, norm, proto, out, title=workdir.name)
+        if not distributed.is_main():
+            return  # process 0 writes the outputs
         comparison.save(results, out)
         (out / "table2.md").write_text(figures.table2(results))
         print((out / "table2.md").read_text())

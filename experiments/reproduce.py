@@ -14,16 +14,18 @@ Tasks: omniglot_5w1s, omniglot_10w1s, omniglot_20w1s, omniglot_20w1s_w128, minii
 (and synthetic_5w1s, the zero-setup demo). Scales: quick (the README's main job), cpu (this
 2-core machine), cpu_long (cpu with 10x the meta-steps), paper (the paper's protocol: 100
 epochs x 500 meta-steps, 600 tasks x 4 repeats), tiny (seconds; tests). The evaluation flags
-override the scale's protocol (e.g. --eval_device).
+override the scale's protocol (e.g. --eval_device). Sweeps are split over all devices;
+--data_parallel splits each meta-batch too (required with several processes, see README).
 """
 
+import dataclasses
 import pathlib
 import time
 
 import common
 from absl import flags, logging
 
-from roa_jax import claims, comparison, data, figures, rundir, train
+from roa_jax import claims, comparison, data, distributed, figures, rundir, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -33,12 +35,16 @@ flags.DEFINE_string("workdir", None, "Run folders (default runs/reproduce/<task>
 flags.DEFINE_string("results_dir", None, "Outputs (default results/<task>_<scale>).")
 flags.DEFINE_list("models", None, "Models to meta-train and compare (default: the task's).")
 flags.DEFINE_bool("train_only", False, "Stop after meta-training (e.g. before a calibration).")
+flags.DEFINE_bool(
+    "data_parallel", False, "Meta-train data parallel over all devices (needed with processes)."
+)
 common.define_data_flags()
 common.define_protocol_flags("cpu")
 
 
 def main(argv):
     del argv
+    common.init_processes()
     rundir.quiet_orbax()
     start = time.time()
     name = f"{FLAGS.task}_{FLAGS.scale}"
@@ -50,7 +56,12 @@ def main(argv):
         raise ValueError(f"--models={models}: choose from {list(config_lib.MODELS)}, with roa.")
     scale = FLAGS.scale if FLAGS["eval_scale"].using_default_value else None
     proto = common.protocol(scale, FLAGS.task)
-    configs = {m: config_lib.model_config(FLAGS.task, m, FLAGS.scale) for m in models}
+    configs = {
+        m: dataclasses.replace(
+            config_lib.model_config(FLAGS.task, m, FLAGS.scale), data_parallel=FLAGS.data_parallel
+        )
+        for m in models
+    }
     # Data first: a missing file or too few classes fails here, before any compile.
     splits, norm = data.load_splits(configs["roa"], FLAGS.data_dir, FLAGS.cache_dir)
     for cfg in configs.values():
@@ -64,6 +75,8 @@ def main(argv):
     trained = {m: train.load_trained(workdir / m) for m in configs}
     results = comparison.evaluate(trained, splits, norm, proto, workdir / "evaluation", title=name)
     results["seconds"] = time.time() - start
+    if not distributed.is_main():
+        return  # process 0 writes the outputs
     comparison.save(results, results_dir)
     paths = figures.make_all(results, results_dir)
     claims.write(claims.evaluate(results, FLAGS.task), results_dir, title=name)

@@ -595,3 +595,30 @@ def write(verdicts: list[Verdict], out_dir, title: str | None = None) -> tuple[p
     md.write_text(to_markdown(verdicts, title))
     js.write_text(json.dumps([_json_safe(v) for v in verdicts], indent=1) + "\n")
     return md, js
+
+
+_MARKS = {HOLDS: "holds", FAILS: "**fails**", NOT_MEASURED: "–"}
+
+
+def summary(results_by_task: dict, scale: str = "") -> str:
+    """Markdown: every claim (rows) by task (columns), then the cross-task claims."""
+    tasks = list(results_by_task)
+    verdicts = {t: {v.claim: v for v in evaluate(results_by_task[t], t)} for t in tasks}
+    statements = {v.claim: v.statement for t in tasks for v in verdicts[t].values()}
+    suffix = f" ({scale} scale)" if scale else ""
+    lines = [
+        f"The paper's claims by task{suffix}, as judged by roa_jax/claims.py from each task's "
+        "results.json (the numbers and tolerances are in each task's claims.md).",
+        "",
+        "| claim | " + " | ".join(tasks) + " |",
+        "|---" * (len(tasks) + 1) + "|",
+    ]
+    for claim in CLAIM_IDS:
+        cells = [_MARKS[verdicts[t][claim].verdict] for t in tasks]
+        lines.append(f"| {statements[claim]} (`{claim}`) | " + " | ".join(cells) + " |")
+    totals = [score(list(verdicts[t].values())) for t in tasks]
+    lines.append("| holds / measured | " + " | ".join(f"{h}/{m}" for h, m in totals) + " |")
+    lines += ["", "| cross-task claim | ours | verdict |", "|---|---|---|"]
+    for v in evaluate_across(results_by_task):
+        lines.append(f"| {v.statement} (`{v.claim}`) | {v.ours} | {_MARKS[v.verdict]} |")
+    return "\n".join(lines) + "\n"

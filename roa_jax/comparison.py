@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from roa_jax import config as config_lib
-from roa_jax import device, evaluation, models, train
+from roa_jax import device, distributed, evaluation, models, train
 
 # (method, model, tuned rho?) in the order tables and figures list them.
 METHODS = (
@@ -122,9 +122,13 @@ def _setting(part: Part, cfg: config_lib.Config, proto: config_lib.Protocol):
 
 def check_same_tasks(models_: dict) -> None:
     """All models must have been trained on the same task shape (they share test tasks)."""
-    shapes = {(c.dataset, c.n_way, c.k_shot, c.n_query, c.image_size) for c, _ in models_.values()}
-    if len(shapes) > 1:
-        raise ValueError(f"The models were trained on different task shapes: {shapes}.")
+    fields = ("dataset", "n_way", "k_shot", "n_query", "image_size")
+    shapes = {name: tuple(getattr(c, f) for f in fields) for name, (c, _) in models_.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(
+            f"The models were trained on different tasks {fields}: {shapes}; compare models "
+            "of one task."
+        )
 
 
 def evaluate(
@@ -206,6 +210,7 @@ def evaluate(
             setting,
             device.pulse_policy(cfg.pulse_policy),
             progress=_progress(part.name),
+            mesh=distributed.mesh(),  # the grid split over all devices, where several
         )
         record = {
             "fingerprint": fingerprint,
@@ -216,7 +221,8 @@ def evaluate(
             "seconds": time.time() - start,
             "rows": evaluation.summarize(accs, part.grid),
         }
-        file.write_text(json.dumps(record, indent=1))
+        if distributed.is_main():
+            file.write_text(json.dumps(record, indent=1))
         results["parts"][part.name] = record
     return finish(results) if len(devices) == 1 else results
 
@@ -306,7 +312,9 @@ def write_csv(results: dict, path) -> None:
 
 
 def save(results: dict, out_dir) -> None:
-    """results.json and results.csv in `out_dir`."""
+    """results.json and results.csv in `out_dir` (by process 0 only)."""
+    if not distributed.is_main():
+        return
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -56,6 +56,9 @@ class Config:
     eval_chunk: int = 8  # tasks per compiled evaluation call
     seed: int = 0
     task_batching: str = "auto"  # see batching.map_tasks
+    # Meta-batch tasks split over all devices (of all processes), state replicated
+    # (distributed.py); meta_batch_size must be a multiple of the device count.
+    data_parallel: bool = False
     log_every: int = 50
     checkpoint_every: int = 250  # steps; also at every epoch end
     init_from: str = ""  # a best/ checkpoint to start theta_0 and LSLR from (fine-tuning)
@@ -300,7 +303,7 @@ def check_protocol(proto: Protocol) -> Protocol:
     _check(len(proto.sigmas) > 0 and len(proto.rhos) > 0, "sigma_w and rhos must not be empty.")
     _check(1.0 in proto.rhos, f"rhos={proto.rhos} must include 1 (the fixed-rate, FLR, methods).")
     _check(all(r > 0 for r in proto.rhos), f"rhos={proto.rhos} must all be > 0.")
-    _named("sigma_w", device.validate_sigma_w, proto.sigmas)
+    device.validate_sigma_w(proto.sigmas)
     for name in ("seeds", "test_tasks", "val_tasks", "chunk"):
         _check(getattr(proto, name) >= 1, f"{name}={getattr(proto, name)} must be >= 1.")
     _check(proto.offline_steps >= 0, f"offline_steps={proto.offline_steps} must be >= 0.")

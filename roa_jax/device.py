@@ -402,7 +402,7 @@ def noise_std(dg_actual, n, params: DeviceParams, sigma_w):
         jnp.sqrt(magnitude * span),  # sqrt (Eq. 7 as written)
         magnitude,  # linear
         magnitude / jnp.sqrt(pulses),  # per_pulse
-        jnp.broadcast_to(span, jnp.shape(magnitude)),  # range
+        span + jnp.zeros_like(magnitude),  # range (broadcast both ways: per-device params)
     )
     law = jnp.round(params.noise_law)
     std = sum(jnp.where(law == i, x, 0.0) for i, x in enumerate(laws))

@@ -141,6 +141,7 @@ def sweep(
     policy: device.PulsePolicy | None = None,
     strategy: str = "auto",
     progress=None,
+    mesh=None,
 ):
     """Accuracy [G, num_tasks] of every grid point on `num_tasks` tasks per seed.
 
@@ -157,7 +158,14 @@ def sweep(
       strategy: 'auto', 'vmap', 'map' or 'unroll' (one compiled program per chunk over the
         whole grid), or 'loop' (a Python loop of single-point programs).
       progress: optional callable(chunks_done, chunks_total).
+      mesh: a `jax.sharding.Mesh` (`distributed.mesh()`); with more than one device the grid
+        is split over them (`distributed.sweep`; the same numbers).
     """
+    if mesh is not None and mesh.size > 1:
+        from roa_jax import distributed  # imported here: it builds on this module
+
+        args = (key, meta, images, norm, devices, grid, num_tasks, setting, policy, strategy)
+        return distributed.sweep(*args, progress, mesh=mesh)
     batching.check(strategy, batching.GRID_STRATEGIES)
     strategy = batching.default_grid_strategy() if strategy == "auto" else strategy
     policy = device.open_loop() if policy is None else policy

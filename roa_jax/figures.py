@@ -166,7 +166,14 @@ def _save(fig, path):
 
 
 def make_all(results, out_dir) -> list[pathlib.Path]:
-    """Writes figure3-6.png, overview.png and table2.md to out_dir; returns their paths."""
+    """Writes figure3-6.png, overview.png and table2.md to out_dir; returns their paths.
+
+    Only process 0 writes; the others get [].
+    """
+    from roa_jax import distributed  # matplotlib first, as comparison_methods
+
+    if not distributed.is_main():
+        return []
     out = pathlib.Path(out_dir)
     paths = [
         figure3(results, out / "figure3.png"),
@@ -178,3 +185,86 @@ def make_all(results, out_dir) -> list[pathlib.Path]:
     paths.append(overview(results, out / "overview.png"))
     (out / "table2.md").write_text(table2(results))
     return [*paths, out / "table2.md"]
+
+
+# The paper's multi-panel figures, assembled across tasks ({task: results}).
+
+PAPER_TASKS = {
+    "omniglot_5w1s": "5-way 1-shot Omniglot",
+    "omniglot_10w1s": "10-way 1-shot Omniglot",
+    "omniglot_20w1s": "20-way 1-shot Omniglot",
+    "omniglot_20w1s_w128": "20-way 1-shot Omniglot, 128 filters",
+    "miniimagenet_5w1s": "5-way 1-shot miniImageNet",
+}
+_FIGURE3_TASKS = ("omniglot_5w1s", "omniglot_10w1s", "omniglot_20w1s", "miniimagenet_5w1s")
+_LETTERS = "ABCDEFGH"
+
+
+def _panels(by_task, tasks, rows, width=4.2, height=3.4):
+    tasks = [t for t in tasks if t in by_task]
+    fig, axes = plt.subplots(
+        rows, max(len(tasks), 1), figsize=(width * max(len(tasks), 1), height * rows), squeeze=False
+    )
+    return fig, axes, tasks
+
+
+def paper_figure3(by_task: dict, path):
+    """Figure 3: (A-D) 1-step vs 5-step per task, (E-H) their best rho vs noise."""
+    fig, axes, tasks = _panels(by_task, _FIGURE3_TASKS, 2)
+    for j, task in enumerate(tasks):
+        _curves(axes[0, j], by_task[task], [("ROA", {"marker": "o"}), ("5-step", {"marker": "s"})])
+        axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
+        _best_rho(axes[1, j], by_task[task])
+        axes[1, j].set_title(
+            f"({_LETTERS[j + len(tasks)]}) best rho, {PAPER_TASKS[task]}", fontsize=9
+        )
+    return _save(fig, path)
+
+
+def paper_figure4(by_task: dict, path):
+    """Figure 4: (A-D) offline (trained per task, one write) vs ROA per task."""
+    fig, axes, tasks = _panels(by_task, _FIGURE3_TASKS, 1)
+    for j, task in enumerate(tasks):
+        _curves(axes[0, j], by_task[task], [("ROA", {"marker": "o"}), ("offline", {"marker": "^"})])
+        axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
+    return _save(fig, path)
+
+
+def paper_figure5(by_task: dict, path):
+    """Figure 5: (A-E) ROA, ROA-WC, ROA-FLR and ROA-WC-FLR per task, D the 128-filter network."""
+    fig, axes, tasks = _panels(by_task, tuple(PAPER_TASKS), 1)
+    methods = ["ROA", "ROA-WC", "ROA-FLR", "ROA-WC-FLR (MAML++)"]
+    styles = [(m, {"marker": k}) for m, k in zip(methods, "osD^", strict=True)]
+    for j, task in enumerate(tasks):
+        _curves(axes[0, j], by_task[task], styles)
+        axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
+    return _save(fig, path)
+
+
+def paper_table2(by_task: dict) -> str:
+    """Table 2 over all tasks: ROA, 5-step, ROA-WC, ROA-FLR at each task's noise levels."""
+    lines = [
+        "Table 2, every task: test accuracy (%) of ROA, 5-step, ROA-WC and ROA-FLR, mean of the "
+        "repeats (CIs in each task's table2.md); chance and origin (ideal weights) per task.",
+        "",
+    ]
+    for task, title in PAPER_TASKS.items():
+        if task not in by_task:
+            continue
+        results = by_task[task]
+        sigmas = sorted({r["sigma_w"] for r in results["methods"]})
+        origin = results.get("origin", {}).get("roa")
+        origin_text = f", origin {100 * origin['accuracy']:.1f}" if origin else ""
+        lines += [
+            f"**{title}** (chance {100 * results['chance']:.1f}{origin_text})",
+            "",
+            "| method | " + " | ".join(f"σw={s:g}" for s in sigmas) + " |",
+            "|---" * (len(sigmas) + 1) + "|",
+        ]
+        for method in ("ROA", "5-step", "ROA-WC", "ROA-FLR"):
+            rows = {r["sigma_w"]: r for r in _method(results, method)}
+            if rows:
+                cells = [f"{100 * rows[s]['accuracy']:.1f}" if s in rows else "" for s in sigmas]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from roa_jax import config as config_lib
+from roa_jax import distributed
 
 
 class Workdir:
@@ -50,38 +51,47 @@ def read_config(path) -> config_lib.Config:
 def claim(workdir: Workdir, cfg: config_lib.Config) -> None:
     """Writes `cfg` to the run folder, or refuses a folder that holds a run of another config.
 
-    The number of epochs may differ (a run may be extended).
+    The number of epochs may differ (a run may be extended), and data_parallel (it changes
+    how the steps are computed, not what). Only process 0 writes.
     """
     if workdir.config_json.exists():
         old = dataclasses.asdict(read_config(workdir.path))
         new = dataclasses.asdict(cfg)
-        diff = {k: (old[k], v) for k, v in new.items() if old[k] != v and k != "epochs"}
+        free = ("epochs", "data_parallel")
+        diff = {k: (old[k], v) for k, v in new.items() if old[k] != v and k not in free}
         if diff:
             raise ValueError(
                 f"{workdir.path} holds a run with a different config (field: (saved, new)) "
                 f"{diff}; use a new --workdir or the same settings to resume."
             )
-    workdir.config_json.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if distributed.is_main():
+        workdir.config_json.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
 
 class Csv:
-    """Appends rows to a CSV; on resume drops rows from steps after the restored checkpoint."""
+    """Appends rows to a CSV; on resume drops rows from steps after the restored checkpoint.
+
+    Only process 0 writes the file.
+    """
 
     def __init__(self, path, fields, keep_until_step):
         self.path, self.fields = pathlib.Path(path), fields
+        self._write = distributed.is_main()
         rows = []
         if self.path.exists():
             with self.path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        if self._write:
+            with self.path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fields)
+                writer.writeheader()
+                writer.writerows(rows)
         self.rows = rows
 
     def write(self, row):
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow(row)
+        if self._write:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, self.fields).writerow(row)
         self.rows.append(row)
 
 
@@ -89,10 +99,14 @@ class TensorBoard:
     """TensorBoard event files through tf.summary (TensorFlow is already a tfds dependency).
 
     Uses the low-level `tf.summary.write` with the scalars plugin's metadata, so that the
-    `tensorboard` package itself is only needed to view the files, not to write them.
+    `tensorboard` package itself is only needed to view the files, not to write them. Only
+    process 0 writes.
     """
 
     def __init__(self, path):
+        self._writer = None
+        if not distributed.is_main():
+            return
         import tensorflow as tf  # Heavy: only when a run writes metrics.
         from tensorflow.core.framework import summary_pb2
 
@@ -104,6 +118,8 @@ class TensorBoard:
         self._writer = tf.summary.create_file_writer(str(path))
 
     def scalars(self, step, values: dict):
+        if self._writer is None:
+            return
         tf = self._tf
         with self._writer.as_default(step=int(step)):
             for name, value in values.items():
@@ -166,17 +182,23 @@ def load_best(path, target):
 
 
 def save_best(workdir: Workdir, meta, record: dict) -> None:
-    """Replaces best/ by `meta` (written beside it first, then renamed) and best.json."""
+    """Replaces best/ by `meta` (written beside it first, then renamed) and best.json.
+
+    Every process calls it (orbax's save is collective); process 0 moves the files.
+    """
     tmp = workdir.path / "best.tmp"
-    if tmp.exists():
+    if tmp.exists() and distributed.is_main():
         shutil.rmtree(tmp)
+    distributed.barrier("rundir.save_best: tmp removed")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp, meta)
     checkpointer.wait_until_finished()
-    if workdir.best.exists():
-        shutil.rmtree(workdir.best)
-    tmp.rename(workdir.best)
-    workdir.best_json.write_text(json.dumps(record, indent=1))
+    if distributed.is_main():
+        if workdir.best.exists():
+            shutil.rmtree(workdir.best)
+        tmp.rename(workdir.best)
+        workdir.best_json.write_text(json.dumps(record, indent=1))
+    distributed.barrier("rundir.save_best: renamed")
 
 
 def finished(path) -> bool:

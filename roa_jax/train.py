@@ -22,7 +22,18 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from roa_jax import batching, data, device, evaluation, maml, models, roa, rundir, writers
+from roa_jax import (
+    batching,
+    data,
+    device,
+    distributed,
+    evaluation,
+    maml,
+    models,
+    roa,
+    rundir,
+    writers,
+)
 from roa_jax.config import Config
 from roa_jax.data import episodes as episodes_lib
 
@@ -42,6 +53,7 @@ class Objective(NamedTuple):
     constraint_k: float = 4.0
     constraint_lambda: float = 0.1
     task_batching: str = "auto"
+    mesh: Any = None  # data parallel: a jax.sharding.Mesh whose devices split the tasks
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -99,7 +111,7 @@ def meta_loss(meta, episodes, key, msl_w, hw, objective: Objective, first_order:
             loss = (1 - w) * loss + w * jnp.sum(msl_w * adapt(None).loss)
         return loss, result.accuracy[-1]
 
-    losses, accs = batching.map_tasks(task, keys, episodes, strategy=o.task_batching)
+    losses, accs = batching.map_tasks(task, keys, episodes, strategy=o.task_batching, mesh=o.mesh)
     penalty = roa.constraint(meta.params, o.constraint_k)
     loss = jnp.mean(losses) + o.constraint_lambda * penalty
     return loss, {"loss": jnp.mean(losses), "accuracy": jnp.mean(accs), "constraint": penalty}
@@ -195,6 +207,7 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
       {'best_val_accuracy', 'best_step', 'step'}.
     """
     workdir = rundir.Workdir(workdir)
+    mesh = distributed.training_mesh(cfg.data_parallel, cfg.meta_batch_size)
     rundir.claim(workdir, cfg)
     splits, norm = data.load_splits(cfg, data_dir, cache_dir)
     data.check_splits(cfg, splits)
@@ -222,10 +235,13 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
     base = jax.random.PRNGKey(cfg.seed)
     train_key, val_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
     hw = training_hardware(cfg)
-    step_fn = jax.jit(
-        functools.partial(train_step, objective=objective(cfg), optimizer=optimizer),
-        static_argnames="first_order",
+    meta_step = functools.partial(
+        train_step, objective=objective(cfg)._replace(mesh=mesh), optimizer=optimizer
     )
+    step_fn, sample = jax.jit(meta_step, static_argnames="first_order"), _sample_jit
+    if mesh is not None:  # data parallel: tasks sharded over the devices, state replicated
+        step_fn, sample = distributed.data_parallel(meta_step, mesh), distributed.sampler(mesh)
+        state, train_images = distributed.replicate((state, splits["train"]), mesh)
     norm_j = tuple(jnp.asarray(x, jnp.float32) for x in norm)
     shape = dict(n_way=cfg.n_way, k_shot=cfg.k_shot, n_query=cfg.n_query)
 
@@ -234,7 +250,7 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
     for step in range(start, end):
         epoch = step // cfg.iterations_per_epoch
         k = jax.random.fold_in(train_key, step)
-        batch = _sample_jit(
+        batch = sample(
             jax.random.fold_in(k, 0),
             train_images,
             cfg.meta_batch_size,
@@ -276,7 +292,7 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
             t0, done_since_log = time.time(), 0
         epoch_end = (step + 1) % cfg.iterations_per_epoch == 0
         if epoch_end:
-            mean, ci = validate(val_key, state.meta, val_images, norm, cfg)
+            mean, ci = validate(val_key, distributed.local(state.meta), val_images, norm, cfg)
             logging.info("epoch %d validation accuracy %.4f +- %.4f", epoch, mean, ci)
             val_log.write({"step": step + 1, "epoch": epoch, "accuracy": mean, "ci95": ci})
             tensorboard.scalars(step + 1, {"val/accuracy": mean})

@@ -25,3 +25,32 @@ def test_meta_step_benchmark_prints_every_row():
     ).stdout
     for row in ("1 inner step(s), unroll ", "unroll, lax.conv rules", "origin", "hardware write"):
         assert row in out, out
+
+
+def _benchmark(name, *flags):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *flags],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def test_sweep_benchmark_prints_every_strategy():
+    out = _benchmark(
+        "sweep.py", "--levels=2", "--tasks=2", "--chunk=2", "--width=4", "--strategies=map,loop"
+    )
+    assert "2 noise levels x 2 tasks, conv4-4" in out, out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert set(rows) == {"map", "loop"}, out
+    assert float(rows["loop"][1]) == 1.0  # loop / loop
+    assert float(rows["map"][2]) == 0.0  # the same accuracies as the loop
+
+
+def test_device_write_benchmark_prints_every_case():
+    out = _benchmark("device_write.py", "--repeats=1", "--rounds=1")
+    assert "conv4-64 omniglot 5-way: 111,488 weights" in out, out
+    for row in ("write", "plain", "normal draw only"):
+        assert out.count(f" {row} ") >= 2, out  # one line per case
+    ratios = [line.split()[-1] for line in out.splitlines() if line.startswith("1024x1024")]
+    assert len(ratios) == 1 and float(ratios[0]) > 0, out

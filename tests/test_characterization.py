@@ -60,14 +60,9 @@ def test_outputs_obey_the_physics(tmp_path):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert result == dict(summary, outputs=result["outputs"])
-    assert sorted(result["outputs"]) == sorted(
-        [
-            str(out / f"{n}.{e}")
-            for n in ("pulse_response", "write_noise", "fit")
-            for e in "csv png".split()
-        ]
-        + [fitted_path, str(out / "summary.json")]
-    )
+    names = [f"{n}.{e}" for n in ("pulse_response", "write_noise", "fit") for e in ("csv", "png")]
+    wanted = [str(out / n) for n in names] + [fitted_path, str(out / "summary.json")]
+    assert sorted(result["outputs"]) == sorted(wanted)
     assert summary["pulses_0_to_0p95"] == 30 and summary["pulses_1_to_0p05"] == 28
     assert summary["noise_law"] == "sqrt"
 

@@ -135,10 +135,10 @@ class EpisodeTest(chex.TestCase):
         (5, 1, 0, "n_query"),
     )
     def test_check_episode_config_names_the_flag(self, n_way, k_shot, n_query, flag):
-        with self.assertRaisesRegex(ValueError, f"--{flag}=.*'val'"):
+        with self.assertRaisesRegex(ValueError, f"config.{flag}=.*'val'"):
             episodes.check_episode_config(30, 20, n_way, k_shot, n_query, split="val")
         # The sampler checks too, when tracing, before anything compiles.
-        with self.assertRaisesRegex(ValueError, f"--{flag}="):
+        with self.assertRaisesRegex(ValueError, f"config.{flag}="):
             jax.jit(episodes.sample_episode, static_argnums=(2, 3, 4))(
                 jax.random.key(0), id_images(), n_way, k_shot, n_query
             )

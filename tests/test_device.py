@@ -274,6 +274,9 @@ def test_each_law_has_its_stated_form(law):
     scaled = device.with_noise(PAPER, law, 2.5)
     np.testing.assert_allclose(std(up, 2, scaled), 2.5 * std(up, 2), rtol=1e-6)
     assert std(up, 2, device.with_noise(PAPER, law, 0.0)) == 0.0
+    # Per-device parameters (variation) with one scalar change: one std per device.
+    per_device = device.sample_variation(jax.random.PRNGKey(0), params, (3,), spread=0.1)
+    chex.assert_shape(device.noise_std(jnp.float32(up), 2.0, per_device, 0.7), (3,))
 
 
 @pytest.mark.parametrize("law", device.NOISE_LAWS)

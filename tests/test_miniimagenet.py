@@ -18,7 +18,6 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from roa_jax import device, figures, reproduce, train
 from roa_jax.data import episodes
 from roa_jax.data import miniimagenet as mi
 
@@ -290,92 +289,6 @@ def test_tfds_builder_is_deterministic_and_lossless(data_root, tmp_path):
         stored = dict(zip(*tfds.as_numpy((raw["filename"], raw["image"])), strict=True))
         assert stored == {m.split("/")[-1].encode(): data for m, data in members.items()}
     chex.assert_trees_all_equal(*reads)
-
-
-# Meta-training through roa_jax.train on the fixture: 5 classes x 16 images in every split.
-TRAIN_CONFIG = train.Config(
-    dataset="miniimagenet",
-    image_size=84,
-    width=4,
-    meta_batch_size=2,
-    n_query=2,
-    epochs=1,
-    iterations_per_epoch=2,
-    first_order_epochs=1,
-    msl_epochs=0,
-    val_tasks=4,
-    eval_chunk=2,
-    log_every=1,
-    checkpoint_every=2,
-)
-
-
-def _write_all_splits(root: pathlib.Path) -> None:
-    for seed, split in enumerate(mi.SPLITS):
-        _write_split(root, split, mi.WNIDS[split][:5], seed=seed, num_instances=16)
-
-
-def test_meta_train_and_evaluate_end_to_end(tmp_path):
-    root, cache_dir = tmp_path / "data", tmp_path / "cache"
-    _write_all_splits(root)
-    cfg = train.validate_config(TRAIN_CONFIG)
-    # The ImageNet per-channel statistics reach the episode sampler.
-    splits, norm = train.load_dataset(cfg, root, cache_dir)
-    chex.assert_trees_all_equal(norm, (mi.MEAN, mi.STD))
-    chex.assert_shape(list(splits.values()), [(5, 16, 84, 84, 3)] * 3)
-    key = jax.random.PRNGKey(0)
-    raw = train.sample_batch(key, splits["val"], 2, cfg, (0.0, 1.0))
-    normalized = train.sample_batch(key, splits["val"], 2, cfg, norm)
-    chex.assert_trees_all_close(
-        normalized.query_x, (raw.query_x - mi.MEAN) / mi.STD, rtol=1e-5, atol=1e-5
-    )
-
-    workdir = tmp_path / "run"
-    fitted = train.fit(cfg, workdir, root, cache_dir)
-    assert fitted["step"] == 2 and fitted["best_step"] == 2
-    assert 0.0 <= fitted["best_val_accuracy"] <= 1.0
-    assert (workdir / "best").is_dir()
-
-    result = train.final_evaluation(
-        cfg, workdir, root, cache_dir, 4, device.paper(), sigmas=[0.0, 1.0], rhos=[1.0, 4.0]
-    )
-    assert result["test_tasks"] == 4
-    assert 0.0 <= result["origin_accuracy"] <= 1.0 and np.isfinite(result["origin_ci95"])
-    assert [row["sigma_w"] for row in result["hardware"]] == [0.0, 1.0]
-    for row in result["hardware"]:
-        assert set(row["val_accuracy_by_rho"]) == {"1.0", "4.0"}
-        assert row["best_rho"] in (1.0, 4.0)
-        accuracies = [*row["val_accuracy_by_rho"].values()]
-        accuracies += [row["roa_accuracy"], row["roa_flr_accuracy"]]
-        assert all(0.0 <= a <= 1.0 for a in accuracies)
-        assert np.isfinite(row["roa_ci95"]) and np.isfinite(row["roa_flr_ci95"])
-
-    # The reproduce.py path: every method over noise x rho x seed, figures and Table 2.
-    models = reproduce.load_models({"roa": workdir}, (84, 84, 3))
-    proto = reproduce.Protocol((0.0, 1.0), (1.0, 4.0), 2, 2, 2, offline_steps=1, chunk=2)
-    results = reproduce.evaluate_models(models, splits, norm, proto, tmp_path / "eval", "mini")
-    assert {r["method"] for r in results["methods"]} == {"ROA", "ROA-FLR", "offline"}
-    assert results["chance"] == pytest.approx(0.2)
-    names = {p.name for p in figures.make_all(results, tmp_path)}
-    assert {"figure3.png", "figure6.png", "table2.md"} <= names
-
-
-def test_meta_train_without_usable_splits_fails_before_training(data_root, tmp_path):
-    cfg = train.validate_config(TRAIN_CONFIG)
-    zip_path = data_root / "miniimagenet" / "miniimagenet_train.zip"
-    cache_dir, workdir = tmp_path / "cache", tmp_path / "run"
-    match = f"{re.escape(str(zip_path))} not found. Put miniimagenet_train.zip"
-    with pytest.raises(FileNotFoundError, match=match):
-        train.load_dataset(cfg, data_root, cache_dir)
-    with pytest.raises(FileNotFoundError, match=match):
-        train.fit(cfg, workdir, data_root, cache_dir)
-    assert not cache_dir.exists()  # val and test were not decoded either
-    assert not (workdir / "checkpoints").exists()
-    # With train present, the 3-class val split of `data_root` cannot make 5-way tasks.
-    _write_split(data_root, "train", mi.WNIDS["train"][:5], num_instances=16)
-    with pytest.raises(ValueError, match="n_way=5 is larger than the 3 classes of the 'val'"):
-        train.fit(cfg, workdir, data_root, cache_dir)
-    assert not (workdir / "checkpoints").exists()
 
 
 def _real_data_root() -> pathlib.Path:

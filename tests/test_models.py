@@ -109,11 +109,11 @@ def test_default_placement_split_and_merge_round_trip():
     params = _conv4_params()
     groups = models.split(params)
     names = lambda where: sorted("/".join(p) for p in groups[where])
-    assert names(models.CROSSBAR) == sorted(
-        [f"conv{i}/kernel" for i in range(4)] + ["head/kernel"]
-    )
+    assert names(models.CROSSBAR) == sorted([f"conv{i}/kernel" for i in range(4)] + ["head/kernel"])
     assert names(models.DIGITAL) == ["head/bias"]
-    assert names(models.FROZEN) == sorted(f"bn{i}/{n}" for i in range(4) for n in ("offset", "scale"))
+    assert names(models.FROZEN) == sorted(
+        f"bn{i}/{n}" for i in range(4) for n in ("offset", "scale")
+    )
     merged = models.merge(*groups.values())
     chex.assert_trees_all_equal_structs(merged, params)
     chex.assert_trees_all_equal(merged, params)

@@ -1,36 +1,60 @@
-"""Meta-training loop: learning, checkpoint/resume, config and flag validation (train.py)."""
+"""Meta-training: the meta-step, the meta-loss and the checkpointed loop (roa_jax/train.py)."""
 
 import dataclasses
+import functools
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import chex
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from roa_jax import train
+from roa_jax import config, data, device, maml, models, roa, rundir, train, writers
 
-ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (16, 16, 1)
 
-TINY = train.Config(
+# A tiny MLP run, first order throughout: 2 epochs of 4 meta-steps, checkpoints at 3, 4
+# (epoch end), 6 and 8.
+TINY = config.Config(
     dataset="synthetic",
+    image_size=16,
+    architecture="mlp",
     width=8,
-    meta_batch_size=4,
+    meta_batch_size=2,
     epochs=2,
     iterations_per_epoch=4,
-    first_order_epochs=1,
+    first_order_epochs=2,
     msl_epochs=0,
-    val_tasks=16,
+    val_tasks=4,
+    eval_chunk=4,
     log_every=2,
     checkpoint_every=3,
+    task_batching="unroll",
 )
+
+# Settings that learn within 40 first-order meta-steps (measured at 5-way, chance 0.2: conv4
+# 0.29 -> 0.43, mlp 0.31 -> 0.46 validation accuracy).
+FAST = dict(inner_lr=0.4, meta_lr=1e-2, meta_batch_size=4, epochs=1, val_tasks=16, eval_chunk=8)
 
 
 def _final_state(cfg, workdir):
-    return train.restore_latest(train.Workdir(workdir), train.init_state(cfg, (28, 28, 1)))
+    meta = train.init_meta(cfg, SHAPE)
+    target = train.TrainState(meta, train.make_optimizer(cfg).init(meta), jnp.int32(0))
+    return rundir.Checkpoints(rundir.Workdir(workdir)).restore_latest(target)
+
+
+def _episodes(split="train", num_tasks=2, seed=0, n_way=5):
+    images = data.load_synthetic(seed=0, image_size=16)[split]
+    return data.sample_episodes(jax.random.PRNGKey(seed), images, num_tasks, n_way, 1, 5)
+
+
+def _val_accuracy_at_init(cfg):
+    splits, norm = data.load_splits(cfg)
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2)  # fit's validation key
+    return train.validate(key, train.init_meta(cfg, SHAPE), splits["val"], norm, cfg)[0]
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -44,6 +68,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     )
     read = lambda run, name: (tmp_path / run / name).read_text().splitlines()
     assert read("whole", "val.csv") == read("split", "val.csv")
+    assert len(read("whole", "val.csv")) == 1 + TINY.epochs
     # Train metrics are identical row for row, but for the last column (steps/s).
     drop_rate = lambda rows: [r.rsplit(",", 1)[0] for r in rows]
     assert drop_rate(read("whole", "train.csv")) == drop_rate(read("split", "train.csv"))
@@ -51,88 +76,175 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert best["step"] == whole["best_step"]
 
 
-def test_changed_config_refuses_to_resume(tmp_path):
-    train.fit(TINY, tmp_path, stop_after_steps=1)
-    with pytest.raises(ValueError, match="different config"):
-        train.fit(dataclasses.replace(TINY, inner_lr=0.5), tmp_path)
-    # A run saved before a Config field existed resumes when the field is at its default.
-    saved = json.loads((tmp_path / "config.json").read_text())
-    del saved["exact_loss_weight"]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert train.fit(TINY, tmp_path, stop_after_steps=2)["step"] == 2
-    saved["init_from"] = "elsewhere"
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match="different config"):
-        train.fit(TINY, tmp_path)
-
-
-def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
-    train.fit(TINY, tmp_path, stop_after_steps=3)
-    for f in (tmp_path / "checkpoints" / "3").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could not be restored"):
-        train.fit(TINY, tmp_path)
-
-
-def test_meta_training_on_synthetic_tasks_beats_chance():
-    cfg = dataclasses.replace(TINY, width=16, epochs=1, iterations_per_epoch=150, val_tasks=64)
-    splits, norm = train.load_dataset(cfg)
-    val = jax.device_put(splits["val"])
-    state = train.init_state(cfg, (28, 28, 1))
-    before = np.mean(train.evaluate(jax.random.PRNGKey(5), state.meta, val, 64, cfg, norm))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        result = train.fit(cfg, d)
-        meta = train.load_meta(Path(d) / "best", cfg, (28, 28, 1))
-    after = np.mean(train.evaluate(jax.random.PRNGKey(5), meta, val, 64, cfg, norm))
-    assert result["best_val_accuracy"] > 0.45  # 5-way: chance is 0.2
-    assert after > before + 0.1
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (dict(n_way=0), "n_way"),
-        (dict(meta_lr=float("nan")), "meta_lr"),
-        (dict(constraint_k=0.5), "constraint_k"),
-        (dict(dataset="cifar"), "dataset"),
-        (dict(task_batching="grouped"), "task_batching"),
-        (dict(train_sigma_w=-1.0), "sigma_w"),
-        (dict(pulse_policy="closed"), "pulse_policy"),
-        (dict(device="nope"), "preset"),
-        (dict(exact_loss_weight=1.5), "exact_loss_weight"),
-        (dict(exact_loss_weight=0.5), "needs hardware_inner"),
-    ],
-)
-def test_bad_config_raises(change, message):
-    with pytest.raises(ValueError, match=message):
-        train.validate_config(dataclasses.replace(TINY, **change))
-
-
-def test_too_many_ways_for_the_split_fails_before_training():
+def test_too_many_ways_for_a_split_fails_before_training(tmp_path):
     cfg = dataclasses.replace(TINY, n_way=60)  # the synthetic val split has 50 classes
-    splits, _ = train.load_dataset(cfg)
     with pytest.raises(ValueError, match="n_way"):
-        train.check_data(cfg, splits)
-
-
-def _run_binary(*args):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "meta_train.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_binary_rejects_bad_flags_before_training(tmp_path):
-    config = str(ROOT / "experiments" / "configs" / "synthetic_smoke.py")
-    bad = _run_binary(f"--config={config}", f"--workdir={tmp_path}", "--set=n_query=0")
-    assert bad.returncode != 0 and "n_query" in bad.stderr
-    bad = _run_binary(f"--config={config}", f"--workdir={tmp_path}", "--set=widht=3")
-    assert bad.returncode != 0 and "widht" in bad.stderr
-    bad = _run_binary(f"--config={tmp_path}/missing.py", f"--workdir={tmp_path}")
-    assert bad.returncode != 0 and "missing.py" in bad.stderr
+        train.fit(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_meta_training_conv4_on_synthetic_tasks_beats_chance(tmp_path):
+    cfg = dataclasses.replace(TINY, architecture="conv4", iterations_per_epoch=40, **FAST)
+    before = _val_accuracy_at_init(cfg)
+    result = train.fit(cfg, tmp_path)
+    assert result["best_val_accuracy"] > 0.35  # 5-way: chance is 0.2
+    assert result["best_val_accuracy"] > before + 0.05
+
+
+def test_mlp_meta_trains_and_adapts_on_crossbars(tmp_path):
+    cfg = dataclasses.replace(TINY, architecture="mlp", iterations_per_epoch=40, **FAST)
+    before = _val_accuracy_at_init(cfg)
+    result = train.fit(cfg, tmp_path)
+    assert result["best_val_accuracy"] > 0.4
+    assert result["best_val_accuracy"] > before + 0.1
+    # The trained MLP, adapted on test tasks by one write onto crossbars.
+    cfg, meta = train.load_trained(tmp_path)
+    model = train.build_model(cfg)
+    assert isinstance(model, models.MLP)
+    episodes = _episodes("test", num_tasks=16, seed=3)
+
+    @jax.jit
+    def accuracy(hw):
+        return roa.adapt_tasks(jax.random.PRNGKey(1), model, meta, episodes, 1, hw)
+
+    exact = accuracy(None)
+    on_crossbars = accuracy(writers.hardware(device.ideal(), 0.0))
+    assert float(on_crossbars.mean()) > 0.4
+    np.testing.assert_allclose(on_crossbars.mean(), exact.mean(), atol=0.02)
+    # The paper's device with strong write noise does worse.
+    noisy = accuracy(writers.hardware(device.paper(), 3.0))
+    assert float(noisy.mean()) < float(on_crossbars.mean())
+
+
+class TinyNet(nn.Module):
+    """A user's own network: one conv (kernel on crossbars, bias digital), two pools, a head."""
+
+    n_way: int
+
+    @nn.compact
+    def __call__(self, x, step: int = 0):
+        del step  # no per-step batch norm
+        x = models.max_pool(jax.nn.relu(nn.Conv(8, (3, 3), name="conv")(x)))
+        x = models.max_pool(x)
+        return nn.Dense(self.n_way, name="head")(x.reshape(x.shape[0], -1))
+
+
+def test_user_written_flax_module_meta_trains_and_adapts_on_crossbars():
+    model = TinyNet(5)
+    meta = maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, *SHAPE)), 1, 0.4)
+    assert sorted(models.split(meta.params)[models.CROSSBAR]) == [
+        ("conv", "kernel"),
+        ("head", "kernel"),
+    ]
+    optimizer = optax.adam(1e-2)
+    objective = train.Objective(model=model, num_inner_steps=1, task_batching="unroll")
+    step = jax.jit(
+        functools.partial(
+            train.train_step, objective=objective, optimizer=optimizer, first_order=False
+        )
+    )
+    state = train.TrainState(meta, optimizer.init(meta), jnp.int32(0))
+    images = jnp.asarray(data.load_synthetic(seed=0, image_size=16)["train"])
+    msl_w = maml.msl_weights(1, 0, 0)
+    for i in range(40):
+        batch = data.sample_episodes(jax.random.PRNGKey(i), images, 4, 5, 1, 5)
+        state, metrics = step(state, batch, jax.random.PRNGKey(1000 + i), msl_w, None)
+    chex.assert_tree_all_finite(metrics)
+    assert int(state.step) == 40
+
+    episodes = _episodes("val", num_tasks=32, seed=99)
+    hw = writers.hardware(device.ideal(), 0.0)
+    adapt = jax.jit(lambda m: roa.adapt_tasks(jax.random.PRNGKey(1), model, m, episodes, 1, hw))
+    before, after = float(adapt(meta).mean()), float(adapt(state.meta).mean())
+    assert after > 0.3  # chance 0.2
+    assert after > before + 0.04  # measured 0.31 -> 0.375
+
+
+def _mlp_objective(**kw):
+    model = models.MLP(5, (16, 8), num_bn_steps=2)
+    return train.Objective(model, 1, constraint_lambda=0.0, task_batching="unroll", **kw)
+
+
+def _mlp_meta(inner_lr=2.0):
+    model = models.MLP(5, (16, 8), num_bn_steps=2)
+    return maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, *SHAPE)), 1, inner_lr)
+
+
+def test_exact_loss_weight_mixes_exact_and_hardware_losses():
+    meta, episodes = _mlp_meta(), _episodes()
+    hw = writers.hardware(device.paper(), 0.5)
+    msl_w, key = jnp.ones((1,)), jax.random.PRNGKey(4)
+
+    def loss(hw, weight):
+        objective = _mlp_objective(exact_loss_weight=weight)
+        return float(train.meta_loss(meta, episodes, key, msl_w, hw, objective, False)[0])
+
+    exact, hardware = loss(None, 0.0), loss(hw, 0.0)
+    assert abs(exact - hardware) > 1e-3
+    assert loss(None, 0.5) == exact  # without hardware there is nothing to mix
+    np.testing.assert_allclose(loss(hw, 1.0), exact, rtol=1e-5)
+    np.testing.assert_allclose(loss(hw, 0.25), 0.75 * hardware + 0.25 * exact, rtol=1e-5)
+
+
+def test_validation_scores_the_same_mix_as_the_loss():
+    cfg = dataclasses.replace(
+        TINY, inner_lr=2.0, hardware_inner=True, train_sigma_w=1.0, val_tasks=4, eval_chunk=4
+    )
+    images = data.load_synthetic(seed=0, image_size=16)["val"]
+    meta = train.init_meta(cfg, SHAPE)
+    key, norm = jax.random.PRNGKey(5), (0.0, 1.0)
+    score = lambda weight: train.validate(
+        key, meta, images, norm, dataclasses.replace(cfg, exact_loss_weight=weight)
+    )[0]
+    hardware, exact = score(0.0), score(1.0)
+    assert abs(hardware - exact) > 1e-3
+    np.testing.assert_allclose(score(0.25), 0.75 * hardware + 0.25 * exact, rtol=1e-5)
+    # Exact validation (no hardware_inner) scores exact adaptation.
+    plain = dataclasses.replace(cfg, hardware_inner=False, train_sigma_w=0.0)
+    np.testing.assert_allclose(train.validate(key, meta, images, norm, plain)[0], exact)
+
+
+def test_hardware_aware_meta_step_learns_through_the_write_without_retracing():
+    objective, meta = _mlp_objective(), _mlp_meta(inner_lr=0.4)
+    # Crossbars hold [-1, 1] (beyond, the device saturates): start well inside.
+    meta = meta._replace(params=jax.tree.map(lambda w: jnp.clip(w, -0.5, 0.5), meta.params))
+    optimizer = optax.sgd(1.0)  # the update is the meta-gradient (Adam's would be its sign)
+    state = train.TrainState(meta, optimizer.init(meta), jnp.int32(0))
+    msl_w = maml.msl_weights(1, 0, 0)
+
+    def step(state, batch, key, msl_w, hw):
+        return train.train_step(
+            state,
+            batch,
+            key,
+            msl_w,
+            hw,
+            objective=objective,
+            optimizer=optimizer,
+            first_order=False,
+        )
+
+    exact_step = jax.jit(step)
+    hardware_step = jax.jit(chex.assert_max_traces(step, n=1))  # hardware is traced
+    batch, key = _episodes(), jax.random.PRNGKey(0)
+    exact, _ = exact_step(state, batch, key, msl_w, None)
+    # On the ideal device at zero noise the write is the exact update, and so is its gradient.
+    ideal, _ = hardware_step(state, batch, key, msl_w, writers.hardware(device.ideal(), 0.0))
+    chex.assert_trees_all_close(ideal.meta, exact.meta, atol=1e-5)
+    # Noisy writes on the paper's device: another, finite meta-step; the same compiled step.
+    s = state
+    for i, sigma_w in enumerate((0.5, 1.0, 2.0)):
+        hw = writers.hardware(device.paper(), sigma_w)
+        s, metrics = hardware_step(s, _episodes(seed=i), jax.random.PRNGKey(i), msl_w, hw)
+        chex.assert_tree_all_finite((s, metrics))
+    assert int(s.step) == 3
+    moved = lambda a, b: float(jnp.max(jnp.abs(a - b)))
+    assert moved(s.meta.lslr["head"]["kernel"], meta.lslr["head"]["kernel"]) > 1e-3
+    first, _ = hardware_step(state, batch, key, msl_w, writers.hardware(device.paper(), 0.5))
+    assert moved(first.meta.params["head"]["kernel"], exact.meta.params["head"]["kernel"]) > 1e-4
+
+
+def test_first_order_annealing():
+    cfg = dataclasses.replace(TINY, first_order_epochs=2)
+    assert [train.first_order_at(cfg, e) for e in range(4)] == [True, True, False, False]
+    assert not train.first_order_at(dataclasses.replace(cfg, num_inner_steps=0), 0)

@@ -19,7 +19,8 @@ def _weights(seed=0):
 def _update(weights, scale=0.05, seed=1):
     keys = jax.random.split(jax.random.PRNGKey(seed), len(weights))
     return {
-        p: scale * jax.random.normal(k, w.shape) for (p, w), k in zip(weights.items(), keys, strict=True)
+        p: scale * jax.random.normal(k, w.shape)
+        for (p, w), k in zip(weights.items(), keys, strict=True)
     }
 
 

@@ -6,6 +6,7 @@ into N-way K-shot tasks. `load_splits` is the one place that picks the loader of
 dataset, and `check_splits` checks the splits can supply its episodes.
 """
 
+from roa_jax.data import paths
 from roa_jax.data.episodes import Episode, check_episode_config, sample_episode, sample_episodes
 from roa_jax.data.omniglot import load_omniglot
 from roa_jax.data.synthetic import load_synthetic, synthetic_classes
@@ -31,6 +32,7 @@ def load_splits(cfg, data_dir=None, cache_dir=None):
       data_dir: dataset root (else env ROA_DATA_DIR, else a tfds download).
       cache_dir: cache of preprocessed arrays (else env ROA_CACHE_DIR, else ~/.cache/roa_jax).
     """
+    paths.data_root(data_dir)  # a named folder that does not exist is an error for any dataset
     if cfg.dataset == "omniglot":
         splits = load_omniglot(
             data_dir, cfg.image_size, seed=cfg.seed, rotations=cfg.rotations, cache_dir=cache_dir

@@ -60,18 +60,18 @@ def check_episode_config(
     for flag, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
         if not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(
-                f"--{flag}={value!r} is invalid: it must be an integer >= 1 ({where} has "
+                f"config.{flag}={value!r} is invalid: it must be an integer >= 1 ({where} has "
                 f"{num_classes} classes x {num_instances} instances)."
             )
     if n_way > num_classes:
         raise ValueError(
-            f"--n_way={n_way} is larger than the {num_classes} classes of {where}: use "
+            f"config.n_way={n_way} is larger than the {num_classes} classes of {where}: use "
             f"1 <= n_way <= {num_classes}, or give {where} more classes."
         )
     if k_shot + n_query > num_instances:
         raise ValueError(
-            f"--k_shot={k_shot} plus --n_query={n_query} needs {k_shot + n_query} distinct "
-            f"images per class, but {where} has {num_instances}: lower k_shot or n_query "
+            f"config.k_shot={k_shot} plus config.n_query={n_query} needs {k_shot + n_query} "
+            f"distinct images per class, but {where} has {num_instances}: lower k_shot or n_query "
             f"so that k_shot + n_query <= {num_instances}."
         )
 

@@ -1,0 +1,62 @@
+r"""The paper's multi-panel Figures 3-5, Table 2 over all tasks, and the claims across tasks.
+
+  python experiments/paper_figures.py --scale=cpu --out_dir=results/paper --readme=README.md
+
+Reads results/<task>_<scale>/results.json of every task that has one (reproduce.py writes
+them) and writes figure3.png (A-D 1-step vs 5-step, E-H best rho), figure4.png (A-D offline
+vs ROA), figure5.png (A-E ablations, D the 128-filter network), table2.md and claims.md (each
+task's claims and the cross-task ones) to --out_dir. With --readme, the README's claims summary
+between its `<!-- claims-summary -->` markers is replaced by the generated one.
+"""
+
+import pathlib
+
+import common
+from absl import flags, logging
+
+from roa_jax import claims, comparison, figures
+from roa_jax import config as config_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale whose results to assemble.")
+flags.DEFINE_string("results", "results", "Folder holding <task>_<scale>/results.json.")
+flags.DEFINE_string("out_dir", "results/paper", "Output folder.")
+flags.DEFINE_string("readme", None, "README to update between its claims-summary markers.")
+
+_BEGIN, _END = "<!-- claims-summary -->", "<!-- /claims-summary -->"
+
+
+def main(argv):
+    del argv
+    root = pathlib.Path(FLAGS.results)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--results={FLAGS.results}: no such folder.")
+    if FLAGS.readme and _BEGIN not in pathlib.Path(FLAGS.readme).read_text():
+        raise ValueError(f"--readme={FLAGS.readme} has no {_BEGIN} ... {_END} markers.")
+    by_task = {
+        task: comparison.load(root / f"{task}_{FLAGS.scale}")
+        for task in figures.PAPER_TASKS
+        if (root / f"{task}_{FLAGS.scale}" / "results.json").exists()
+    }
+    if not by_task:
+        raise FileNotFoundError(f"--results={FLAGS.results}: no <task>_{FLAGS.scale}/results.json.")
+    out = pathlib.Path(FLAGS.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures.paper_figure3(by_task, out / "figure3.png")
+    figures.paper_figure4(by_task, out / "figure4.png")
+    figures.paper_figure5(by_task, out / "figure5.png")
+    (out / "table2.md").write_text(figures.paper_table2(by_task))
+    summary = claims.summary(by_task, FLAGS.scale)
+    (out / "claims.md").write_text(summary)
+    if FLAGS.readme:
+        readme = pathlib.Path(FLAGS.readme)
+        text = readme.read_text()
+        head, rest = text.split(_BEGIN, 1)
+        tail = rest.split(_END, 1)[1]
+        readme.write_text(f"{head}{_BEGIN}\n{summary}{_END}{tail}")
+    logging.info("Wrote figures 3-5, table2.md and claims.md for %s to %s.", sorted(by_task), out)
+    print(summary)
+
+
+if __name__ == "__main__":
+    common.run(main)
