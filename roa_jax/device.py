@@ -396,10 +396,14 @@ def noise_std(dg_actual, n, params: DeviceParams, sigma_w):
     g_min, g_max = conductance_range(params)
     span = g_max - g_min
     pulsed = n != 0
+    # A pulsed device that did not move (at a bound, pushed further) has no sqrt-law noise; its
+    # square root is taken at 1, not at ~0, where its derivative would blow up.
+    moved = pulsed & (dg_actual != 0)
     magnitude = jnp.where(pulsed, jnp.abs(dg_actual) + _TINY, 1.0)
     pulses = jnp.where(pulsed, jnp.abs(n), 1.0)
+    root = jnp.where(moved, jnp.sqrt(jnp.where(moved, magnitude, 1.0) * span), 0.0)
     laws = (
-        jnp.sqrt(magnitude * span),  # sqrt (Eq. 7 as written)
+        root,  # sqrt (Eq. 7 as written)
         magnitude,  # linear
         magnitude / jnp.sqrt(pulses),  # per_pulse
         span + jnp.zeros_like(magnitude),  # range (broadcast both ways: per-device params)

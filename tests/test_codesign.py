@@ -261,3 +261,18 @@ def test_sensitivity_lines_move_what_they_name():
     ks = [lines["window_at_levels"].at(k0, jnp.float32(-8.0 + e)) for e in (h, -h)]
     slope = sum(g * (u - v) / (2 * h) for g, u, v in zip(grad, *ks, strict=True))
     np.testing.assert_allclose(along, slope, rtol=1e-2)
+
+
+def test_check_study_names_the_flag():
+    good = codesign.Study(sigma_w=(0.5, 1.0), rhos=(1.0, 2.0))
+    assert codesign.check_study(good) is good
+    for bad, flag in (
+        (good._replace(sigma_w=(-1.0,)), "--sigma_w"),
+        (good._replace(rhos=(0.0,)), "--rhos"),
+        (good._replace(parts=("check", "plots")), "--parts"),
+        (good._replace(steps=0), "--steps"),
+        (good._replace(tasks_per_step=1), "--tasks_per_step"),
+        (good._replace(lr=float("nan")), "--lr"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            codesign.check_study(bad)

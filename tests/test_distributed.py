@@ -129,9 +129,9 @@ def check_fit(workdir):
     import chex
     import jax.numpy as jnp
 
-    from roa_jax import rundir, train
+    from roa_jax import config, rundir, train
 
-    cfg = train.Config(
+    cfg = config.Config(
         dataset="synthetic",
         width=8,
         image_size=16,
