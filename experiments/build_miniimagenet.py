@@ -1,6 +1,6 @@
 """Builds the miniImageNet tfds datasets (one per split) and prints their sizes.
 
-  .venv/bin/python experiments/build_miniimagenet.py --data_dir=/work/shared/data
+  python experiments/build_miniimagenet.py --data_dir=$ROA_DATA_DIR
 
 builds every split whose zip and CSV are in `<data_dir>/miniimagenet/` (val and test
 there now; about 10 s per split on 2 cores) into `--tfds_dir`, and prints e.g.

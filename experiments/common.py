@@ -6,6 +6,7 @@ Evaluation flags override the protocol of a scale (roa_jax/config.py `protocol`)
 unset keeps the scale's value.
 """
 
+import logging
 import math
 import os
 import pathlib
@@ -23,6 +24,10 @@ from roa_jax import distributed, rundir  # noqa: E402
 
 ROOT = _ROOT
 FLAGS = flags.FLAGS
+
+# JAX logs at INFO that it found no TPU on every machine without one; a user's one-line error
+# should not follow it.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 # Many hosts (roa_jax/distributed.py): unset, they come from JAX_COORDINATOR_ADDRESS,
 # JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's own Slurm / Open MPI detection.

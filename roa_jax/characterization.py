@@ -25,13 +25,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from roa_jax import device, fitting  # noqa: E402
+from roa_jax.data import paths  # noqa: E402
 
 # Updates written in the noise sweep, as nominal-step pulse counts from w = 0.5.
 NOISE_PULSES = (1, 5, -5)
 DEFAULT_SIGMA_WS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)
 
 
-# ----------------------------------------------------------------------------------------------
 # Measurements.
 
 
@@ -186,7 +186,6 @@ def device_summary(params: device.DeviceParams) -> dict:
     )
 
 
-# ----------------------------------------------------------------------------------------------
 # Files.
 
 
@@ -311,7 +310,6 @@ def plot_fit(path: str, curves: fitting.PulseCurves, predicted, title: str) -> N
     plt.close(fig)
 
 
-# ----------------------------------------------------------------------------------------------
 # The three parts of a characterization, each writing its files.
 
 
@@ -413,7 +411,7 @@ def fit_files(
         window,
     )
     summary = dict(
-        data=source,
+        data=paths.shown(source),
         num_reads=len(measured.ramp),
         num_ramps=num_ramps,
         steps=num_steps,

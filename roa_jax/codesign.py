@@ -169,7 +169,6 @@ def describe(params: device.DeviceParams) -> dict:
     return {name: float(x) for name, x in values.items()}
 
 
-# ----------------------------------------------------------------------------------------------
 # The loss and its gradients, per task.
 
 
@@ -288,7 +287,6 @@ def fd_gradients(
     return out
 
 
-# ----------------------------------------------------------------------------------------------
 # Optimization over the device and rho (optionally jointly with theta_0).
 
 
@@ -455,7 +453,6 @@ def optimize(
     return Result(params, float(jnp.exp(state.knobs.log_rho)), state.meta, history)
 
 
-# ----------------------------------------------------------------------------------------------
 # Reports: sensitivity lines and the gradient check.
 
 
@@ -653,7 +650,6 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-# ----------------------------------------------------------------------------------------------
 # The study of experiments/codesign.py: rho of the preset, gradient check, sensitivity,
 # optimization per noise level, and the found devices on test tasks.
 

@@ -79,7 +79,6 @@ def pulse_policy(name: str, max_pulses: float = np.inf) -> PulsePolicy:
     return policies[name](max_pulses)
 
 
-# ----------------------------------------------------------------------------------------------
 # Presets.
 
 
@@ -212,7 +211,6 @@ def validate_sigma_w(sigma_w) -> None:
         raise ValueError(f"sigma_w={sigma_w} must be finite and >= 0 (dimensionless, Eq. 7).")
 
 
-# ----------------------------------------------------------------------------------------------
 # Physics for one device.
 
 
@@ -413,7 +411,6 @@ def noise_std(dg_actual, n, params: DeviceParams, sigma_w):
     return jnp.where(pulsed, params.noise_scale * sigma_w * std, 0.0)
 
 
-# ----------------------------------------------------------------------------------------------
 # Device-to-device variation (off in the paper reproduction).
 
 
@@ -439,7 +436,6 @@ def sample_variation(key, params: DeviceParams, shape, spread: float) -> DeviceP
     )
 
 
-# ----------------------------------------------------------------------------------------------
 # Saving and loading parameters.
 
 PARAMS_FORMAT = "roa_jax.DeviceParams/1"

@@ -195,6 +195,10 @@ def test_group_by_class():
 
 def test_missing_data_dir_names_the_path(tmp_path):
     missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"--data_dir={re.escape(str(missing))}: no such"):
+        omniglot.load_omniglot(data_dir=missing, cache_dir=tmp_path / "cache")
+    # A data folder without omniglot/ in it: the message names the file it looked for.
+    missing.mkdir()
     expected = re.escape(str(missing / "omniglot" / "checksums.tsv"))
     with pytest.raises(FileNotFoundError, match=f"{expected}.*ROA_DATA_DIR"):
         omniglot.load_omniglot(data_dir=missing, cache_dir=tmp_path / "cache")

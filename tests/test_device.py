@@ -211,7 +211,6 @@ class DeviceTest(parameterized.TestCase):
             device.validate(device.preset(name))
 
 
-# ----------------------------------------------------------------------------------------------
 # Write-noise laws (Eq. 7 and the alternatives of NOISE_LAWS).
 
 
@@ -362,7 +361,6 @@ def test_granularity_multiplies_the_pulses_across_the_range():
         )
 
 
-# ----------------------------------------------------------------------------------------------
 # Parameter files (save_params, load_params, preset of a .json).
 
 

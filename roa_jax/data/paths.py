@@ -28,3 +28,12 @@ def cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:
     """`cache_dir`, else env ROA_CACHE_DIR, else ~/.cache/roa_jax."""
     cache_dir = cache_dir or os.environ.get("ROA_CACHE_DIR") or "~/.cache/roa_jax"
     return pathlib.Path(cache_dir).expanduser()
+
+
+def shown(path: str | os.PathLike) -> str:
+    """`path` as results record it: under ROA_DATA_DIR, as `$ROA_DATA_DIR/...` (portable)."""
+    root = os.environ.get("ROA_DATA_DIR")
+    path = pathlib.Path(path).expanduser()
+    if root and path.is_absolute() and path.is_relative_to(pathlib.Path(root).expanduser()):
+        return str(pathlib.PurePosixPath("$ROA_DATA_DIR", path.relative_to(root)))
+    return str(path)
