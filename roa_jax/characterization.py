@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from roa_jax import device, fitting  # noqa: E402
-from roa_jax.data import paths  # noqa: E402
+from roa_jax.data import paths as data_paths  # noqa: E402
 
 # Updates written in the noise sweep, as nominal-step pulse counts from w = 0.5.
 NOISE_PULSES = (1, 5, -5)
@@ -411,7 +411,7 @@ def fit_files(
         window,
     )
     summary = dict(
-        data=paths.shown(source),
+        data=data_paths.shown(source),
         num_reads=len(measured.ramp),
         num_ramps=num_ramps,
         steps=num_steps,

@@ -267,7 +267,7 @@ class Protocol(NamedTuple):
     test_tasks: int  # test tasks per repeat
     val_tasks: int  # validation tasks of the rho search (one repeat)
     offline_steps: int = 5  # SGD steps of the offline network (0: no offline baseline)
-    device: str = "paper"  # device preset (or .json) of the adaptation crossbars
+    device: str = "calibrated"  # device preset (or .json) of the adaptation crossbars
     chunk: int = 8  # tasks per compiled call
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from roa_jax import device
+from roa_jax import config, device
 
 PAPER = device.paper()
 
@@ -445,3 +445,19 @@ def test_load_params_rejects_corrupt_json_and_missing_file(tmp_path):
         device.preset(str(tmp_path / "absent.json"))
     with pytest.raises(ValueError, match="window"):
         device.save_params(str(tmp_path / "x.json"), PAPER._replace(window=jnp.float32(np.inf)))
+
+
+def test_calibrated_preset_is_the_paper_device_with_the_calibrated_reconstruction():
+    cal, base = device.calibrated(), device.paper()
+    chosen = device.CALIBRATED
+    assert device.NOISE_LAWS[int(cal.noise_law)] == chosen["law"]
+    assert float(cal.noise_scale) == chosen["scale"]
+    expected = device.with_granularity(
+        device.with_noise(base, chosen["law"], chosen["scale"]), chosen["granularity"]
+    )
+    chex.assert_trees_all_close(cal, expected)
+    # Finer pulses: the same full-range change takes `granularity` times as many pulses.
+    np.testing.assert_allclose(cal.lam, base.lam / chosen["granularity"], rtol=1e-6)
+    chex.assert_trees_all_close(device.preset("calibrated"), cal)
+    # It is the reproduction's default; the literal reading stays the `paper` preset.
+    assert config.Protocol((0.0,), (1.0,), 1, 1, 1).device == "calibrated"
