@@ -93,6 +93,7 @@ def _tfds_splits(data_root: pathlib.Path | None, cache_root: pathlib.Path) -> li
     """The tf.data datasets of the tfds train and test splits, images left encoded."""
     import tensorflow_datasets as tfds  # Heavy (TensorFlow): only when building the cache.
 
+    tfds.disable_progress_bar()  # its bars would fill a log with ~10^5 lines; we log the build
     decoders = {"image": tfds.decode.SkipDecoding()}
     if data_root is None:
         logging.info("Omniglot: ROA_DATA_DIR is not set, downloading through tfds.load.")
