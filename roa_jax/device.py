@@ -151,8 +151,8 @@ def ideal() -> DeviceParams:
 
 
 # The reconstruction calibrated on Omniglot 5-way 1-shot validation tasks against the paper's
-# claims (results/calibration; BUILD_NOTES.md, "Calibration"): best of 39 laws x scales x
-# granularities, 5 of the 9 claims holding.
+# claims (results/calibration; BUILD_NOTES.md, "Write-noise laws and the calibration"): the
+# best of 39 laws x scales x granularities, 5 of the 9 claims holding.
 CALIBRATED = dict(law="sqrt", scale=1.0, granularity=3.0)
 
 
