@@ -11,9 +11,10 @@ Commands (stage 1, then this; the final evaluation uses the cpu protocol):
   python experiments/meta_train.py --config=experiments/configs/omniglot_5w1s_cpu_software.py \
       --workdir=runs/omniglot_5w1s_cpu_software --test_tasks=0
   python experiments/meta_train.py --config=experiments/configs/omniglot_5w1s_cpu.py \
-      --workdir=runs/omniglot_5w1s_cpu --eval_scale=cpu --offline_steps=0
+      --workdir=runs/omniglot_5w1s_cpu --eval_scale=cpu --offline_steps=0 --eval_device=paper
 
-Expected result: BUILD_NOTES.md, "Hardware-aware meta-training".
+Expected result (2026-12-02): origin 92.9 %, ROA 91.9 % at sigma_w 0, 48.3 % at 2 (BUILD_NOTES.md,
+"Omniglot 5-way 1-shot, CPU scale").
 """
 
 from experiments.configs import omniglot_5w1s_cpu_software
