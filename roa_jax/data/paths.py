@@ -34,6 +34,6 @@ def shown(path: str | os.PathLike) -> str:
     """`path` as results record it: under ROA_DATA_DIR, as `$ROA_DATA_DIR/...` (portable)."""
     root = os.environ.get("ROA_DATA_DIR")
     path = pathlib.Path(path).expanduser()
-    if root and path.is_absolute() and path.is_relative_to(pathlib.Path(root).expanduser()):
+    if root and path.is_absolute() and path.is_relative_to(root := pathlib.Path(root).expanduser()):
         return str(pathlib.PurePosixPath("$ROA_DATA_DIR", path.relative_to(root)))
     return str(path)
