@@ -8,7 +8,9 @@ Takes the meta-trained networks of a reproduce.py run folder (roa, roa_wc and, i
 five_step; pre-training is software, so no re-training), evaluates every reconstruction
 (noise law x scale x granularity, roa_jax/calibration.py) on validation tasks, scores each
 with the claims module and writes calibration.csv, calibration.md (claims by reconstruction),
-calibration.json and calibration.png. Reruns reuse the evaluated parts.
+calibration.json and calibration.png. Reruns reuse the evaluated parts; --rescore scores the
+saved parts again without evaluating (after a change of the claims module, whose verdicts are
+all computed from the saved accuracies).
 """
 
 import pathlib
@@ -26,8 +28,21 @@ flags.DEFINE_string("runs", None, "reproduce.py run folder holding roa/, roa_wc/
 flags.DEFINE_string("out_dir", "results/calibration", "Output folder.")
 flags.DEFINE_list("laws", list(device.NOISE_LAWS), f"Noise laws, of {device.NOISE_LAWS}.")
 flags.DEFINE_list("granularities", ["1", "3", "10"], "Pulse granularities relative to --base.")
+flags.DEFINE_list("scales", None, "Noise scale factors of every law (default: each law's own).")
+flags.DEFINE_string(
+    "parts_dir",
+    None,
+    "Where the evaluated parts are saved and reused (default: --runs/calibration); give each "
+    "grid its own.",
+)
 flags.DEFINE_string("base", "paper", "Device preset (or .json) the granularity refers to.")
 flags.DEFINE_integer("top", 6, "Reconstructions of stage 1 that stage 2 evaluates with 5-step.")
+flags.DEFINE_bool(
+    "rescore",
+    False,
+    "Evaluate nothing: score the parts a finished run saved in --parts_dir again "
+    "(after a change of the claims module).",
+)
 common.define_data_flags()
 common.define_protocol_flags("cpu")
 flags.mark_flags_as_required(["runs"])
@@ -52,7 +67,8 @@ def main(argv):
             f"--laws={','.join(FLAGS.laws)}: {sorted(unknown)} not in {device.NOISE_LAWS}."
         )
     granularities = common.floats("granularities")
-    scales = {law: calibration.DEFAULT_SCALES[law] for law in FLAGS.laws}
+    given = common.floats("scales") if FLAGS.scales else None
+    scales = {law: given or calibration.DEFAULT_SCALES[law] for law in FLAGS.laws}
     recons = calibration.make_grid(scales, granularities)
     calibration.check(recons)
     base = device.validate(device.preset(FLAGS.base))
@@ -73,9 +89,10 @@ def main(argv):
         norm,
         recons,
         proto,
-        pathlib.Path(FLAGS.runs, "calibration"),
+        pathlib.Path(FLAGS.parts_dir or pathlib.Path(FLAGS.runs, "calibration")),
         base,
         FLAGS.top,
+        FLAGS.rescore,
     )
     if not distributed.is_main():
         return  # process 0 writes the outputs

@@ -93,6 +93,7 @@ def calibrate(
     out_dir,
     base: device.DeviceParams,
     top: int = 6,
+    rescore: bool = False,
 ) -> list[dict]:
     """Scores every reconstruction with the claims; returns one record per reconstruction.
 
@@ -106,6 +107,8 @@ def calibrate(
       out_dir: parts are saved (and reused on a rerun) under out_dir/stage1, /stage2.
       base: the device the granularity refers to (the `paper` preset).
       top: reconstructions of stage 1 that stage 2 evaluates with the 5-step model.
+      rescore: evaluate nothing: score the parts an earlier run saved in out_dir again (after
+        a change of the claims); stage 2 keeps the reconstructions that run chose for it.
 
     Returns:
       Records {'reconstruction', 'verdicts', 'holds', 'measured', 'margin', 'results'},
@@ -122,11 +125,20 @@ def calibrate(
         pathlib.Path(out_dir, "stage1"),
         "calibration",
         devices=devices,
+        saved_only=rescore,
     )
     records = [_record(r, comparison.select(stage1, i)) for i, r in enumerate(recons)]
     records.sort(key=_rank)
-    if "five_step" in models_ and top > 0:
+    saved_stage2 = pathlib.Path(out_dir, "stage2", "parts", "five_step_val.json")
+    if rescore and "five_step" in models_ and saved_stage2.exists():
+        by_label = {r["reconstruction"].label: r for r in records}
+        chosen = [by_label[label] for label in comparison.saved_devices(saved_stage2)]
+        records = chosen + [r for r in records if all(r is not c for c in chosen)]
+    elif rescore or top <= 0:
+        chosen = []
+    else:
         chosen = records[:top]
+    if "five_step" in models_ and chosen:
         five = {"five_step": models_["five_step"]}
         stage2 = comparison.evaluate(
             five,
@@ -136,6 +148,7 @@ def calibrate(
             pathlib.Path(out_dir, "stage2"),
             "calibration",
             devices={r["reconstruction"].label: devices[r["reconstruction"].label] for r in chosen},
+            saved_only=rescore,
         )
         for i, record in enumerate(chosen):
             extra = comparison.select(stage2, i) if len(chosen) > 1 else stage2
@@ -197,6 +210,8 @@ def write(records: list[dict], out_dir, command: str = "") -> list[pathlib.Path]
             measured=r["measured"],
             margin=r["margin"],
             verdicts={v.claim: v.verdict for v in r["verdicts"]},
+            ours={v.claim: v.ours for v in r["verdicts"]},
+            margins={v.claim: claims.finite_margin(v) for v in r["verdicts"]},
         )
         for r in records
     ]

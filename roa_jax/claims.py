@@ -39,6 +39,7 @@ CLAIM_IDS = (
     "five_step_collapses",
     "constraint_high_noise",
     "constraint_no_noise",
+    "noiseless_write_matches_origin",
     "rho_gain_high_noise",
     "rho_gain_low_noise",
     "best_rho_low_noise",
@@ -380,6 +381,23 @@ def _constraint_no_noise(table, origin) -> Verdict:
     return _verdict(claim, statement, min(margins), ours, tolerance)
 
 
+def _noiseless_write(table, origin) -> Verdict:
+    claim = "noiseless_write_matches_origin"
+    statement = (
+        "Without write noise one hardware write loses little against ideal weights "
+        "(ROA at sigma_w = 0 ~ origin)"
+    )
+    roa, ideal = table.get("ROA", {}), origin[0]
+    if 0.0 not in roa or not (isinstance(ideal, dict) and "accuracy" in ideal):
+        return _missing(claim, statement, "needs the ROA row at sigma_w 0 and the ROA origin")
+    ideal = _Point(100 * ideal["accuracy"], 100 * (ideal.get("ci95") or 0.0))
+    tol = max(SIMILAR_PP, _combined_ci(roa[0.0], ideal))
+    loss = ideal.acc - roa[0.0].acc
+    ours = f"ROA {roa[0.0].acc:.1f} at sigma_w 0 vs origin {ideal.acc:.1f} ({-loss:+.1f} pp)"
+    tolerance = f"origin - ROA <= max({SIMILAR_PP:g} pp, combined 95 % CI) (here {tol:.1f} pp)"
+    return _verdict(claim, statement, tol - loss, ours, tolerance)
+
+
 def _about(claim, statement, diff, ci, target, ours, note="") -> Verdict:
     """`diff` (pp) is "about `target`" within max(ABOUT_MIN_PP, ABOUT_REL * target, ci)."""
     tol = max(ABOUT_MIN_PP, ABOUT_REL * target, ci)
@@ -484,6 +502,7 @@ def evaluate(results: dict, task: str) -> list[Verdict]:
         _five_step_collapses(table, chance),
         _constraint_high_noise(table, expect),
         _constraint_no_noise(table, origin),
+        _noiseless_write(table, origin),
         _rho_gain_high_noise(table, expect),
         _agree_low_noise(
             "rho_gain_low_noise",
@@ -576,11 +595,14 @@ def to_markdown(verdicts: list[Verdict], title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finite_margin(verdict: Verdict) -> float | None:
+    """The margin as a JSON number (None where not measured or infinite)."""
+    margin = verdict.margin
+    return float(margin) if margin is not None and math.isfinite(margin) else None
+
+
 def _json_safe(verdict: Verdict) -> dict:
-    record = verdict._asdict()
-    margin = record["margin"]
-    record["margin"] = float(margin) if margin is not None and math.isfinite(margin) else None
-    return record
+    return {**verdict._asdict(), "margin": finite_margin(verdict)}
 
 
 def write(verdicts: list[Verdict], out_dir, title: str | None = None) -> tuple[pathlib.Path, ...]:

@@ -140,6 +140,7 @@ def evaluate(
     title: str,
     seed=0,
     devices: dict | None = None,
+    saved_only: bool = False,
 ) -> dict:
     """Evaluates every method on `models_` {name: (cfg, meta)}; returns the results dict.
 
@@ -157,6 +158,9 @@ def evaluate(
       devices: {label: DeviceParams} to evaluate all in one sweep per part (the grid's device
         axis); default {proto.device: its preset}. With more than one, rows carry a 'device'
         index and `select` gives the results of one device.
+      saved_only: evaluate nothing: load every part saved in out_dir whatever its fingerprint
+        (to score an earlier run again after a change of the claims); a part that is missing
+        or was evaluated on other devices (labels) is an error.
     """
     check_same_tasks(models_)
     parts_dir = pathlib.Path(out_dir, "parts")
@@ -192,6 +196,9 @@ def evaluate(
             cfg,
             _digest(meta),
         )
+        if saved_only:
+            results["parts"][part.name] = load_saved_part(file, list(devices))
+            continue
         if file.exists():
             saved = json.loads(file.read_text())
             if saved.get("fingerprint") == fingerprint:
@@ -219,12 +226,36 @@ def evaluate(
             "kind": part.kind,
             "num_steps": setting.num_steps,
             "seconds": time.time() - start,
+            "devices": list(devices),
             "rows": evaluation.summarize(accs, part.grid),
         }
         if distributed.is_main():
             file.write_text(json.dumps(record, indent=1))
         results["parts"][part.name] = record
     return finish(results) if len(devices) == 1 else results
+
+
+def saved_devices(file) -> list[str]:
+    """The device labels a saved part was evaluated on, in its rows' order."""
+    try:
+        labels = json.loads(pathlib.Path(file).read_text()).get("devices")
+    except (OSError, json.JSONDecodeError) as e:
+        raise FileNotFoundError(f"{file}: no readable saved part ({e}).") from None
+    if labels is None:
+        raise ValueError(f"{file}: the saved part does not record its device labels.")
+    return labels
+
+
+def load_saved_part(file, labels: list[str]) -> dict:
+    """A saved part, checked to hold the devices `labels` in that order."""
+    saved = saved_devices(file)
+    if saved != labels:
+        raise ValueError(
+            f"{file}: saved for devices {saved}, not {labels}; evaluate again without "
+            "reusing saved parts."
+        )
+    logging.info("Part %s: loaded from %s (saved only).", pathlib.Path(file).stem, file)
+    return json.loads(pathlib.Path(file).read_text())
 
 
 def select(results: dict, index: int) -> dict:
