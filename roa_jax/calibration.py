@@ -256,8 +256,8 @@ def _figure(records, path, best: int = 3):
         i for i, r in enumerate(records) if r["reconstruction"] == Reconstruction("sqrt", 1.0, 1.0)
     ]
     shown = list(range(min(best, len(records)))) + [i for i in literal if i >= best]
-    fig = plt.figure(figsize=(15, max(5, 0.28 * len(records) + 2)))
-    heat = fig.add_axes([0.2, 0.22, 0.3, 0.7])
+    fig = plt.figure(figsize=(15, max(6.5, 0.28 * len(records) + 3)))
+    heat = fig.add_axes([0.2, 0.3, 0.3, 0.62])
     heat.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     heat.set_xticks(range(len(ids)), ids, rotation=60, ha="right", fontsize=7)
     heat.set_yticks(

@@ -78,32 +78,39 @@ def task_key(key, seed, chunk):
     return jax.random.fold_in(jax.random.fold_in(key, seed), chunk)
 
 
-def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setting: Setting):
-    """Per-task query accuracy [setting.chunk] of one grid point on one chunk of tasks.
+def draw_tasks(key, images, norm, seed, chunk, shape):
+    """The episodes of chunk `chunk` of repeat `seed`, and the key of their write noise.
 
     Args:
       key: the split's base key.
-      meta: meta-parameters ('adapt', 'origin'); unused by 'offline'.
       images: uint8 class array of the split.
       norm: per-channel (mean, std).
+      seed: the repeat, traced.
+      chunk: which chunk of the repeat's tasks, traced.
+      shape: (tasks, n_way, k_shot, n_query), static (`episode_shape`).
+    """
+    k = task_key(key, seed, chunk)
+    episodes = episodes_lib.sample_episodes(jax.random.fold_in(k, 0), images, *shape, *norm)
+    return episodes, jax.random.fold_in(k, 1)
+
+
+def episode_shape(setting: Setting) -> tuple:
+    return (setting.chunk, setting.n_way, setting.k_shot, setting.n_query)
+
+
+def evaluate_tasks(noise_key, meta, episodes, devices, policy, point, setting: Setting):
+    """Per-task query accuracy [setting.chunk] of one grid point on drawn episodes.
+
+    Args:
+      noise_key: key of the write noise (`draw_tasks`).
+      meta: meta-parameters ('adapt', 'origin'); unused by 'offline'.
+      episodes: the tasks (`draw_tasks`).
       devices: stacked device parameters (leading axis: the grid's device index).
       policy: pulse policy of the writes.
-      point: one row of a `Grid` (device, sigma_w, rho, seed), traced.
-      chunk: which chunk of the repeat's tasks.
+      point: (device, sigma_w, rho), traced.
       setting: the scheme and the episode shape.
     """
-    device_index, sigma_w, rho, seed = point
-    k = task_key(key, seed, chunk)
-    episodes = episodes_lib.sample_episodes(
-        jax.random.fold_in(k, 0),
-        images,
-        setting.chunk,
-        setting.n_way,
-        setting.k_shot,
-        setting.n_query,
-        *norm,
-    )
-    noise_key = jax.random.fold_in(k, 1)
+    device_index, sigma_w, rho = point
     params = jax.tree.map(lambda x: x[device_index], devices)
     hw = writers.Hardware(params, sigma_w, policy)
     model, steps, batching_ = setting.model, setting.num_steps, setting.task_batching
@@ -118,6 +125,14 @@ def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setti
     raise ValueError(f"kind={setting.kind!r} is not one of {KINDS}.")
 
 
+def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setting: Setting):
+    """Per-task query accuracy [setting.chunk] of one grid point (device, sigma_w, rho, seed)
+    on one chunk of tasks: `draw_tasks` then `evaluate_tasks`."""
+    *where, seed = point
+    episodes, noise_key = draw_tasks(key, images, norm, seed, chunk, episode_shape(setting))
+    return evaluate_tasks(noise_key, meta, episodes, devices, policy, tuple(where), setting)
+
+
 def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting, strategy):
     def point(*p):
         return evaluate_point(key, meta, images, norm, devices, policy, p, chunk, setting)
@@ -126,7 +141,11 @@ def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting,
 
 
 _sweep_chunk_jit = jax.jit(_sweep_chunk, static_argnames=("setting", "strategy"))
-_point_jit = jax.jit(evaluate_point, static_argnames=("setting",))
+# The loop strategy draws each chunk's tasks in a program of their own, so the (costly) program
+# of the scheme does not depend on the split's number of classes: validation and test parts
+# of one model share it.
+_draw_jit = jax.jit(draw_tasks, static_argnames=("shape",))
+_tasks_jit = jax.jit(evaluate_tasks, static_argnames=("setting",))
 
 
 def sweep(
@@ -175,12 +194,17 @@ def sweep(
     out = []
     for c in range(num_chunks):
         if strategy == "loop":
-            acc = jnp.stack(
-                [
-                    _point_jit(key, meta, images, norm, devices, policy, p, c, setting)
-                    for p in zip(*grid_j, strict=True)
-                ]
-            )
+            drawn = {}  # {seed: (episodes, noise key)}: every point of a seed sees its tasks
+            rows = []
+            for *where, seed in zip(*grid_j, strict=True):
+                if int(seed) not in drawn:
+                    shape = episode_shape(setting)
+                    drawn[int(seed)] = _draw_jit(key, images, norm, seed, c, shape)
+                episodes, noise_key = drawn[int(seed)]
+                rows.append(
+                    _tasks_jit(noise_key, meta, episodes, devices, policy, tuple(where), setting)
+                )
+            acc = jnp.stack(rows)
         else:
             acc = _sweep_chunk_jit(
                 key, meta, images, norm, devices, policy, grid_j, c, setting, strategy

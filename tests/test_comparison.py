@@ -140,6 +140,32 @@ def test_evaluated_parts_are_reused_and_recomputed_when_the_checkpoint_changes(
     assert changed["parts"]["roa_wc_test"] == results["parts"]["roa_wc_test"]
 
 
+def test_saved_only_scores_saved_parts_without_evaluating(data, evaluated, tmp_path, monkeypatch):
+    splits, norm = data
+    models, results, out = evaluated
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("saved_only evaluated a part")
+
+    monkeypatch.setattr(evaluation, "sweep", no_sweep)
+    # Another checkpoint would be evaluated again; saved_only takes the saved parts as they are.
+    cfg, meta = models["roa"]
+    other = {
+        **models,
+        "roa": (cfg, meta._replace(params=jax.tree.map(lambda x: 2 * x, meta.params))),
+    }
+    again = comparison.evaluate(other, splits, norm, PROTO, tmp_path, "tiny", saved_only=True)
+    assert again["methods"] == results["methods"]
+    with pytest.raises(ValueError, match="saved for devices"):
+        comparison.evaluate(
+            models, splits, norm, PROTO._replace(device="paper"), tmp_path, "t", saved_only=True
+        )
+    (tmp_path / "parts" / "roa_val.json").unlink()
+    with pytest.raises(FileNotFoundError, match="roa_val.json"):
+        comparison.evaluate(models, splits, norm, PROTO, tmp_path, "tiny", saved_only=True)
+
+
 def test_saved_results_load_back(evaluated, tmp_path):
     _, results, _ = evaluated
     comparison.save(results, tmp_path)

@@ -173,3 +173,13 @@ def test_offline_depends_on_noise(images):
     assert acc.shape == (2, 4)
     assert np.all((acc >= 0) & (acc <= 1))
     assert not np.array_equal(acc[0], acc[1])  # same tasks; sigma_w = 3 changes the mapping
+
+
+def test_the_loop_compiles_one_scheme_program_for_splits_of_any_size(images, meta):
+    # A validation and a test split differ in their number of classes: only the (cheap) task
+    # draw is compiled per split, the adaptation program once for both.
+    setting, grid = _setting(num_steps=2), evaluation.make_grid([0.5], [1.0], [0, 1])
+    before = evaluation._tasks_jit._cache_size()
+    for classes in (images[:12], images):
+        _sweep(classes, meta, PAPER, grid, 2, setting)
+    assert evaluation._tasks_jit._cache_size() == before + 1
