@@ -71,6 +71,11 @@ class Setting(NamedTuple):
     chunk: int = 8  # tasks per point per compiled call
     offline_lr: float = 0.1
     task_batching: str = "auto"  # tasks inside one point, see batching.map_tasks
+    # Tasks per compiled call of the loop strategy (XLA:CPU), which unrolls a call's tasks.
+    # One: a 5-step program of 8 tasks took ~2.5 min to compile, of 1 task 20 s, and ran no
+    # faster (benchmarks/program_tasks.py). The tasks and noise keys are the chunk's either
+    # way, so the numbers do not depend on it.
+    program_tasks: int = 1
 
 
 def task_key(key, seed, chunk):
@@ -79,7 +84,7 @@ def task_key(key, seed, chunk):
 
 
 def draw_tasks(key, images, norm, seed, chunk, shape):
-    """The episodes of chunk `chunk` of repeat `seed`, and the key of their write noise.
+    """The episodes of chunk `chunk` of repeat `seed`, and the write-noise key of each.
 
     Args:
       key: the split's base key.
@@ -91,18 +96,18 @@ def draw_tasks(key, images, norm, seed, chunk, shape):
     """
     k = task_key(key, seed, chunk)
     episodes = episodes_lib.sample_episodes(jax.random.fold_in(k, 0), images, *shape, *norm)
-    return episodes, jax.random.fold_in(k, 1)
+    return episodes, roa.task_keys(jax.random.fold_in(k, 1), episodes)
 
 
 def episode_shape(setting: Setting) -> tuple:
     return (setting.chunk, setting.n_way, setting.k_shot, setting.n_query)
 
 
-def evaluate_tasks(noise_key, meta, episodes, devices, policy, point, setting: Setting):
-    """Per-task query accuracy [setting.chunk] of one grid point on drawn episodes.
+def evaluate_tasks(keys, meta, episodes, devices, policy, point, setting: Setting):
+    """Per-task query accuracy of one grid point on drawn episodes (any number of them).
 
     Args:
-      noise_key: key of the write noise (`draw_tasks`).
+      keys: the write-noise key of each task (`draw_tasks`).
       meta: meta-parameters ('adapt', 'origin'); unused by 'offline'.
       episodes: the tasks (`draw_tasks`).
       devices: stacked device parameters (leading axis: the grid's device index).
@@ -115,13 +120,11 @@ def evaluate_tasks(noise_key, meta, episodes, devices, policy, point, setting: S
     hw = writers.Hardware(params, sigma_w, policy)
     model, steps, batching_ = setting.model, setting.num_steps, setting.task_batching
     if setting.kind == "origin":
-        return roa.adapt_tasks(noise_key, model, meta, episodes, steps, None, 1.0, batching_)
+        return roa.adapt_each(keys, model, meta, episodes, steps, None, 1.0, batching_)
     if setting.kind == "adapt":
-        return roa.adapt_tasks(noise_key, model, meta, episodes, steps, hw, rho, batching_)
+        return roa.adapt_each(keys, model, meta, episodes, steps, hw, rho, batching_)
     if setting.kind == "offline":
-        return roa.offline_tasks(
-            noise_key, model, episodes, steps, setting.offline_lr, hw, batching_
-        )
+        return roa.offline_each(keys, model, episodes, steps, setting.offline_lr, hw, batching_)
     raise ValueError(f"kind={setting.kind!r} is not one of {KINDS}.")
 
 
@@ -129,8 +132,20 @@ def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setti
     """Per-task query accuracy [setting.chunk] of one grid point (device, sigma_w, rho, seed)
     on one chunk of tasks: `draw_tasks` then `evaluate_tasks`."""
     *where, seed = point
-    episodes, noise_key = draw_tasks(key, images, norm, seed, chunk, episode_shape(setting))
-    return evaluate_tasks(noise_key, meta, episodes, devices, policy, tuple(where), setting)
+    episodes, keys = draw_tasks(key, images, norm, seed, chunk, episode_shape(setting))
+    return evaluate_tasks(keys, meta, episodes, devices, policy, tuple(where), setting)
+
+
+def _cut(tree, start, stop):
+    """Tasks start .. stop - 1 of a batch (leading axis of every leaf)."""
+    return jax.tree.map(lambda x: x[start:stop], tree)
+
+
+# The loop strategy draws each chunk's tasks in a program of their own, so the (costly) program
+# of the scheme does not depend on the split's number of classes: validation and test parts
+# of one model share it.
+_draw_jit = jax.jit(draw_tasks, static_argnames=("shape",))
+_tasks_jit = jax.jit(evaluate_tasks, static_argnames=("setting",))
 
 
 def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting, strategy):
@@ -141,11 +156,6 @@ def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting,
 
 
 _sweep_chunk_jit = jax.jit(_sweep_chunk, static_argnames=("setting", "strategy"))
-# The loop strategy draws each chunk's tasks in a program of their own, so the (costly) program
-# of the scheme does not depend on the split's number of classes: validation and test parts
-# of one model share it.
-_draw_jit = jax.jit(draw_tasks, static_argnames=("shape",))
-_tasks_jit = jax.jit(evaluate_tasks, static_argnames=("setting",))
 
 
 def sweep(
@@ -194,16 +204,26 @@ def sweep(
     out = []
     for c in range(num_chunks):
         if strategy == "loop":
-            drawn = {}  # {seed: (episodes, noise key)}: every point of a seed sees its tasks
-            rows = []
+            drawn = {}  # {seed: (episodes, noise keys)}: every point of a seed sees its tasks
+            rows, step = [], setting.program_tasks
             for *where, seed in zip(*grid_j, strict=True):
                 if int(seed) not in drawn:
                     shape = episode_shape(setting)
                     drawn[int(seed)] = _draw_jit(key, images, norm, seed, c, shape)
-                episodes, noise_key = drawn[int(seed)]
-                rows.append(
-                    _tasks_jit(noise_key, meta, episodes, devices, policy, tuple(where), setting)
-                )
+                episodes, keys = drawn[int(seed)]
+                parts = [
+                    _tasks_jit(
+                        keys[a : a + step],
+                        meta,
+                        _cut(episodes, a, a + step),
+                        devices,
+                        policy,
+                        tuple(where),
+                        setting,
+                    )
+                    for a in range(0, setting.chunk, step)
+                ]
+                rows.append(jnp.concatenate(parts))
             acc = jnp.stack(rows)
         else:
             acc = _sweep_chunk_jit(

@@ -46,7 +46,17 @@ def adapt_tasks(
     `hw=None` is the ideal "origin" (exact arithmetic); a `Hardware` gives ROA (one step) or
     the online baseline (several steps). Each task gets its own noise key.
     """
-    keys = jax.random.split(key, episodes.query_y.shape[0])
+    keys = task_keys(key, episodes)
+    return adapt_each(keys, model, meta, episodes, num_steps, hw, rho, task_batching)
+
+
+def task_keys(key, episodes):
+    """The noise key of each task of a batch (what adapt_tasks and offline_tasks use)."""
+    return jax.random.split(key, episodes.query_y.shape[0])
+
+
+def adapt_each(keys, model, meta, episodes, num_steps, hw=None, rho=1.0, task_batching="auto"):
+    """`adapt_tasks` with the tasks' keys given (`task_keys`), so a batch can be cut."""
 
     def one(k, episode):
         result = maml.adapt(k, model, meta, episode, num_steps, writers.writer(hw), rho)
@@ -86,6 +96,10 @@ def offline_tasks(
     key, model, episodes, num_steps: int, lr, hw: writers.Hardware, task_batching="auto"
 ):
     """`offline_adapt` on every task of a batch, each with its own key."""
-    keys = jax.random.split(key, episodes.query_y.shape[0])
+    return offline_each(task_keys(key, episodes), model, episodes, num_steps, lr, hw, task_batching)
+
+
+def offline_each(keys, model, episodes, num_steps: int, lr, hw, task_batching="auto"):
+    """`offline_tasks` with the tasks' keys given (`task_keys`)."""
     one = lambda k, episode: offline_adapt(k, model, episode, num_steps, lr, hw)
     return batching.map_tasks(one, keys, episodes, strategy=task_batching)

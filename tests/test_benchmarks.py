@@ -54,3 +54,11 @@ def test_device_write_benchmark_prints_every_case():
         assert out.count(f" {row} ") >= 2, out  # one line per case
     ratios = [line.split()[-1] for line in out.splitlines() if line.startswith("1024x1024")]
     assert len(ratios) == 1 and float(ratios[0]) > 0, out
+
+
+def test_program_tasks_benchmark_prints_every_row():
+    out = _benchmark(
+        "program_tasks.py", "--steps=1", "--program_tasks=1,2", "--tasks=8", "--points=1"
+    )
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("1 ")]
+    assert [r[1] for r in rows] == ["1", "2"], out
