@@ -337,7 +337,7 @@ def test_the_cpu_results_file():
     assert all(
         v.verdict in (claims.HOLDS, claims.FAILS) for v in verdicts if v.claim not in needs_origin
     )
-    # Measured there: 5-step is 41 pp below ROA already without noise.
+    # Measured there: 5-step is 10 pp below ROA already without noise.
     assert verdict_of(json.loads(path.read_text()), "five_step_agrees_low_noise").verdict == "fails"
 
 
