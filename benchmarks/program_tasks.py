@@ -36,6 +36,7 @@ def main(argv):
     images = jax.random.randint(jax.random.PRNGKey(1), (100, 20, 28, 28, 1), 0, 256)
     images = images.astype(jnp.uint8)
     grid = evaluation.make_grid(np.linspace(0.5, 1.0, FLAGS.points), [1.0], [0])
+    one = evaluation.make_grid([0.5], [1.0], [0])  # the first call: one point, one chunk
     devices = evaluation.stack([device.calibrated()])
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}; conv4-64, 5-way 1-shot, "
@@ -51,7 +52,6 @@ def main(argv):
         for n in (int(t) for t in FLAGS.program_tasks):
             setting = base._replace(program_tasks=n)
             start = time.perf_counter()
-            one = evaluation.make_grid([0.5], [1.0], [0])
             evaluation.sweep(*args, one, 8, setting, strategy="loop")
             first = time.perf_counter() - start
             start = time.perf_counter()

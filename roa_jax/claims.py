@@ -141,6 +141,11 @@ def _canonical(task: str) -> str | None:
     return max(matches, key=len) if matches else None
 
 
+def _point(record: dict) -> _Point:
+    """A results row or origin record {'accuracy', 'ci95'} (fractions) in pp."""
+    return _Point(100.0 * float(record["accuracy"]), 100.0 * float(record.get("ci95") or 0.0))
+
+
 def _sigma(s) -> float:
     return round(float(s), 6)
 
@@ -151,7 +156,7 @@ def _methods(results: dict) -> dict[str, dict[float, _Point]]:
     for row in results.get("methods") or []:
         try:
             method, sigma = row["method"], _sigma(row["sigma_w"])
-            point = _Point(100.0 * float(row["accuracy"]), 100.0 * float(row.get("ci95") or 0.0))
+            point = _point(row)
         except (KeyError, TypeError, ValueError):
             continue
         table.setdefault(method, {}).setdefault(sigma, point)
@@ -364,7 +369,7 @@ def _constraint_no_noise(table, origin) -> Verdict:
     if 0.0 in roa and 0.0 in wc:
         pairs.append(("sigma_w 0", roa[0.0], wc[0.0]))
     if all(isinstance(o, dict) and "accuracy" in o for o in origin):
-        roa_o, wc_o = (_Point(100 * o["accuracy"], 100 * (o.get("ci95") or 0.0)) for o in origin)
+        roa_o, wc_o = (_point(o) for o in origin)
         pairs.append(("origin", roa_o, wc_o))
     if not pairs:
         return _missing(claim, statement, "no ROA and ROA-WC rows at sigma_w 0 and no origin")
@@ -390,7 +395,7 @@ def _noiseless_write(table, origin) -> Verdict:
     roa, ideal = table.get("ROA", {}), origin[0]
     if 0.0 not in roa or not (isinstance(ideal, dict) and "accuracy" in ideal):
         return _missing(claim, statement, "needs the ROA row at sigma_w 0 and the ROA origin")
-    ideal = _Point(100 * ideal["accuracy"], 100 * (ideal.get("ci95") or 0.0))
+    ideal = _point(ideal)
     tol = max(SIMILAR_PP, _combined_ci(roa[0.0], ideal))
     loss = ideal.acc - roa[0.0].acc
     ours = f"ROA {roa[0.0].acc:.1f} at sigma_w 0 vs origin {ideal.acc:.1f} ({-loss:+.1f} pp)"

@@ -185,8 +185,11 @@ def evaluate(
     }
     for part in parts(models_, proto, len(devices)):
         cfg, meta = models_[part.model] if part.model else (any_cfg, None)
-        setting = _setting(part, cfg, proto)
         file = parts_dir / f"{part.name}.json"
+        if saved_only:
+            results["parts"][part.name] = load_saved_part(file, list(devices))
+            continue
+        setting = _setting(part, cfg, proto)
         fingerprint = _fingerprint(
             setting._replace(model=repr(setting.model)),
             part.grid._asdict(),
@@ -196,9 +199,6 @@ def evaluate(
             cfg,
             _digest(meta),
         )
-        if saved_only:
-            results["parts"][part.name] = load_saved_part(file, list(devices))
-            continue
         if file.exists():
             saved = json.loads(file.read_text())
             if saved.get("fingerprint") == fingerprint:
@@ -235,27 +235,35 @@ def evaluate(
     return finish(results) if len(devices) == 1 else results
 
 
-def saved_devices(file) -> list[str]:
-    """The device labels a saved part was evaluated on, in its rows' order."""
+def _read_part(file) -> dict:
     try:
-        labels = json.loads(pathlib.Path(file).read_text()).get("devices")
+        return json.loads(pathlib.Path(file).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise FileNotFoundError(f"{file}: no readable saved part ({e}).") from None
-    if labels is None:
+
+
+def _labels(file, part: dict) -> list[str]:
+    if part.get("devices") is None:
         raise ValueError(f"{file}: the saved part does not record its device labels.")
-    return labels
+    return part["devices"]
+
+
+def saved_devices(file) -> list[str]:
+    """The device labels a saved part was evaluated on, in its rows' order."""
+    return _labels(file, _read_part(file))
 
 
 def load_saved_part(file, labels: list[str]) -> dict:
     """A saved part, checked to hold the devices `labels` in that order."""
-    saved = saved_devices(file)
+    part = _read_part(file)
+    saved = _labels(file, part)
     if saved != labels:
         raise ValueError(
             f"{file}: saved for devices {saved}, not {labels}; evaluate again without "
             "reusing saved parts."
         )
     logging.info("Part %s: loaded from %s (saved only).", pathlib.Path(file).stem, file)
-    return json.loads(pathlib.Path(file).read_text())
+    return part
 
 
 def select(results: dict, index: int) -> dict:

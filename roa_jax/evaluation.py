@@ -68,7 +68,7 @@ class Setting(NamedTuple):
     k_shot: int
     n_query: int
     num_steps: int = 1  # adaptation writes ('adapt') or SGD steps ('offline')
-    chunk: int = 8  # tasks per point per compiled call
+    chunk: int = 8  # tasks drawn together per point (and per compiled call, but in the loop)
     offline_lr: float = 0.1
     task_batching: str = "auto"  # tasks inside one point, see batching.map_tasks
     # Tasks per compiled call of the loop strategy (XLA:CPU), which unrolls a call's tasks.
@@ -201,6 +201,7 @@ def sweep(
     norm = tuple(jnp.asarray(x, jnp.float32) for x in norm)
     grid_j = Grid(*(jnp.asarray(x) for x in grid))
     num_chunks = math.ceil(num_tasks / setting.chunk)
+    shape = episode_shape(setting)
     out = []
     for c in range(num_chunks):
         if strategy == "loop":
@@ -208,7 +209,6 @@ def sweep(
             rows, step = [], setting.program_tasks
             for *where, seed in zip(*grid_j, strict=True):
                 if int(seed) not in drawn:
-                    shape = episode_shape(setting)
                     drawn[int(seed)] = _draw_jit(key, images, norm, seed, c, shape)
                 episodes, keys = drawn[int(seed)]
                 parts = [
