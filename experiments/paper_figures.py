@@ -4,9 +4,11 @@ r"""The paper's multi-panel Figures 3-5, Table 2 over all tasks, and the claims 
 
 Reads results/<task>_<scale>/results.json of every task that has one (reproduce.py writes
 them) and writes figure3.png (A-D 1-step vs 5-step, E-H best rho), figure4.png (A-D offline
-vs ROA), figure5.png (A-E ablations, D the 128-filter network), table2.md and claims.md (each
-task's claims and the cross-task ones) to --out_dir. With --readme, the README's claims summary
-between its `<!-- claims-summary -->` markers is replaced by the generated one.
+vs ROA), figure5.png (A-E ablations, D the 128-filter network), table2.md, claims.md (each
+task's claims and the cross-task ones) and maml_sanity.md (origin at sigma_w 0 against MAML++'s
+published accuracy, with each task's scale) to --out_dir. With --readme, the README's sections
+between its `<!-- claims-summary -->` and `<!-- maml-sanity -->` markers are replaced by the
+generated ones.
 """
 
 import pathlib
@@ -21,9 +23,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale whose results to assemble.")
 flags.DEFINE_string("results", "results", "Folder holding <task>_<scale>/results.json.")
 flags.DEFINE_string("out_dir", "results/paper", "Output folder.")
-flags.DEFINE_string("readme", None, "README to update between its claims-summary markers.")
+flags.DEFINE_string("readme", None, "README to update between its generated-section markers.")
 
-_BEGIN, _END = "<!-- claims-summary -->", "<!-- /claims-summary -->"
+_SECTIONS = ("claims-summary", "maml-sanity")  # README sections: <!-- name --> ... <!-- /name -->
+
+
+def _replace_section(text: str, name: str, body: str) -> str:
+    head, rest = text.split(f"<!-- {name} -->", 1)
+    tail = rest.split(f"<!-- /{name} -->", 1)[1]
+    return f"{head}<!-- {name} -->\n{body}<!-- /{name} -->{tail}"
 
 
 def main(argv):
@@ -31,8 +39,13 @@ def main(argv):
     root = pathlib.Path(FLAGS.results)
     if not root.is_dir():
         raise FileNotFoundError(f"--results={FLAGS.results}: no such folder.")
-    if FLAGS.readme and _BEGIN not in pathlib.Path(FLAGS.readme).read_text():
-        raise ValueError(f"--readme={FLAGS.readme} has no {_BEGIN} ... {_END} markers.")
+    if FLAGS.readme:
+        text = pathlib.Path(FLAGS.readme).read_text()
+        for name in _SECTIONS:
+            if f"<!-- {name} -->" not in text or f"<!-- /{name} -->" not in text:
+                raise ValueError(
+                    f"--readme={FLAGS.readme} has no <!-- {name} --> ... <!-- /{name} --> markers."
+                )
     by_task = {
         task: comparison.load(root / f"{task}_{FLAGS.scale}")
         for task in figures.PAPER_TASKS
@@ -48,13 +61,19 @@ def main(argv):
     (out / "table2.md").write_text(figures.paper_table2(by_task))
     summary = claims.summary(by_task, FLAGS.scale)
     (out / "claims.md").write_text(summary)
+    sanity = figures.maml_sanity_table(by_task)
+    (out / "maml_sanity.md").write_text(sanity)
     if FLAGS.readme:
         readme = pathlib.Path(FLAGS.readme)
         text = readme.read_text()
-        head, rest = text.split(_BEGIN, 1)
-        tail = rest.split(_END, 1)[1]
-        readme.write_text(f"{head}{_BEGIN}\n{summary}{_END}{tail}")
-    logging.info("Wrote figures 3-5, table2.md and claims.md for %s to %s.", sorted(by_task), out)
+        for name, body in zip(_SECTIONS, (summary, sanity), strict=True):
+            text = _replace_section(text, name, body)
+        readme.write_text(text)
+    logging.info(
+        "Wrote figures 3-5, table2.md, claims.md, maml_sanity.md for %s to %s.",
+        sorted(by_task),
+        out,
+    )
     print(summary)
 
 

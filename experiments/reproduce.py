@@ -34,6 +34,13 @@ flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale of meta-training and
 flags.DEFINE_string("workdir", None, "Run folders (default runs/reproduce/<task>_<scale>).")
 flags.DEFINE_string("results_dir", None, "Outputs (default results/<task>_<scale>).")
 flags.DEFINE_list("models", None, "Models to meta-train and compare (default: the task's).")
+flags.DEFINE_string(
+    "trained_dir",
+    None,
+    "Keep a copy of each meta-training run here (config, best model, metrics, latest "
+    "checkpoint: a few MB each), and start from it where --workdir has none: trained "
+    "networks that travel with the results (e.g. results/<task>_<scale>/trained).",
+)
 flags.DEFINE_bool("train_only", False, "Stop after meta-training (e.g. before a calibration).")
 flags.DEFINE_bool(
     "data_parallel", False, "Meta-train data parallel over all devices (needed with processes)."
@@ -66,10 +73,16 @@ def main(argv):
     splits, norm = data.load_splits(configs["roa"], FLAGS.data_dir, FLAGS.cache_dir)
     for cfg in configs.values():
         data.check_splits(cfg, splits)
+    kept = pathlib.Path(FLAGS.trained_dir) if FLAGS.trained_dir else None
     for m, cfg in configs.items():
+        if kept and distributed.is_main() and rundir.adopt(kept / m, workdir / m):
+            logging.info("Took %s's run from %s.", m, kept / m)
+        distributed.barrier("reproduce: runs adopted")
         logging.info("Meta-training %s (%d steps) in %s", m, cfg.total_steps, workdir / m)
         result = train.fit(cfg, workdir / m, FLAGS.data_dir, FLAGS.cache_dir)
         logging.info("%s: %s (%.1f min so far)", m, result, (time.time() - start) / 60)
+        if kept and distributed.is_main() and not rundir.finished(kept / m):
+            rundir.export(workdir / m, kept / m)
     if FLAGS.train_only:
         return
     trained = {m: train.load_trained(workdir / m) for m in configs}

@@ -196,6 +196,10 @@ PAPER_TASKS = {
     "omniglot_20w1s_w128": "20-way 1-shot Omniglot, 128 filters",
     "miniimagenet_5w1s": "5-way 1-shot miniImageNet",
 }
+# MAML++'s published test accuracy (%) at the paper's protocol (Antoniou et al. 2018, Table 1;
+# MODEL.md 5), for the tasks it reports, and that protocol's meta-steps (100 epochs x 500).
+MAMLPP_ACCURACY = {"omniglot_5w1s": 99.47, "omniglot_20w1s": 97.65, "miniimagenet_5w1s": 52.40}
+_PAPER_META_STEPS = 100 * 500
 _FIGURE3_TASKS = ("omniglot_5w1s", "omniglot_10w1s", "omniglot_20w1s", "miniimagenet_5w1s")
 _LETTERS = "ABCDEFGH"
 
@@ -239,6 +243,39 @@ def paper_figure5(by_task: dict, path):
         _curves(axes[0, j], by_task[task], styles)
         axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
     return _save(fig, path)
+
+
+def maml_sanity_table(by_task: dict) -> str:
+    """Origin (exact arithmetic, sigma_w 0) per task against MAML++'s published accuracy.
+
+    Both meta-trained networks' origin: ROA's (constrained) and ROA-WC's (unconstrained: the
+    MAML++ network), with the meta-training scale each had.
+    """
+
+    def origin(results, model):
+        o = results.get("origin", {}).get(model)
+        return f"{100 * o['accuracy']:.1f} ± {100 * o['ci95']:.1f}" if o else "–"
+
+    lines = [
+        "| task | MAML++ (published) | origin, ROA net | origin, ROA-WC net (MAML++'s) "
+        "| meta-steps x tasks (share of the paper's steps) | test tasks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, title in PAPER_TASKS.items():
+        if task not in by_task:
+            continue
+        results = by_task[task]
+        cfg = results["models"]["roa"]
+        steps = cfg["epochs"] * cfg["iterations_per_epoch"]
+        published = MAMLPP_ACCURACY.get(task)
+        proto = results["protocol"]
+        lines.append(
+            f"| {title} | {f'{published:.2f}' if published else '– (not reported)'} "
+            f"| {origin(results, 'roa')} | {origin(results, 'roa_wc')} "
+            f"| {steps} x {cfg['meta_batch_size']} ({100 * steps / _PAPER_META_STEPS:.1f} %) "
+            f"| {proto['seeds']} x {proto['test_tasks']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def paper_table2(by_task: dict) -> str:

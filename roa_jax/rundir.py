@@ -4,6 +4,10 @@
          checkpoints/     orbax checkpoints of the whole train state (resume)
          best/, best.json the best-validation meta-parameters and their score
          train.csv, val.csv, tb/   metrics
+
+`export` copies a run without its TensorBoard events and older checkpoints (a few MB), e.g.
+into results/ beside the numbers it produced; `adopt` puts such a copy back as a run folder,
+which then resumes (or counts as finished) as the original would.
 """
 
 from __future__ import annotations
@@ -213,3 +217,38 @@ def finished(path) -> bool:
 def read_best(workdir: Workdir) -> dict:
     """best.json ({'val_accuracy', 'ci95', 'step', 'epoch'}), or {} before the first epoch."""
     return json.loads(workdir.best_json.read_text()) if workdir.best_json.exists() else {}
+
+
+_EXPORTED = ("config.json", "best", "best.json", "train.csv", "val.csv")
+
+
+def export(path, dest) -> pathlib.Path:
+    """Copies the run in `path` to `dest` (replaced): config, best, metrics, last checkpoint."""
+    path, dest = pathlib.Path(path), pathlib.Path(dest)
+    latest = ocp.CheckpointManager((path / "checkpoints").absolute()).latest_step()
+    if latest is None:
+        raise FileNotFoundError(f"{path} has no checkpoint to export.")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in _EXPORTED:
+        src = path / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name)
+        elif src.exists():
+            tmp.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / name)
+    shutil.copytree(path / "checkpoints" / str(latest), tmp / "checkpoints" / str(latest))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def adopt(exported, path) -> bool:
+    """Copies an `export`ed run into `path` if `path` holds no run yet; whether it did."""
+    exported, path = pathlib.Path(exported), pathlib.Path(path)
+    if (path / "config.json").exists() or not (exported / "config.json").exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(exported, path)
+    return True

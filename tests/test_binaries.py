@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_miniimagenet import TEST_WNIDS, VAL_WNIDS, _write_split
 
-from roa_jax import comparison, config, data
+from roa_jax import comparison, config, data, rundir
 from roa_jax.data import episodes
 from roa_jax.data import miniimagenet as mi
 
@@ -381,6 +381,7 @@ def test_reproduce_synthetic_tiny_end_to_end(tmp_path):
         "--scale=tiny",
         f"--workdir={tmp_path / 'runs'}",
         f"--results_dir={results_dir}",
+        f"--trained_dir={tmp_path / 'trained'}",
         timeout=1800,
     )
     _ok(proc)
@@ -396,3 +397,40 @@ def test_reproduce_synthetic_tiny_end_to_end(tmp_path):
     assert (results_dir / "table2.md").read_text() in proc.stdout
     for model in config.MODELS:
         assert (tmp_path / "runs" / model / "best").is_dir()
+        # The copy that travels with the results: finished, without TensorBoard events.
+        assert rundir.finished(tmp_path / "trained" / model)
+        assert not (tmp_path / "trained" / model / "tb").exists()
+
+
+# paper_figures.py: assembles the committed per-task results; fills the README's sections.
+
+
+def test_paper_figures_from_the_committed_results(tmp_path):
+    for task in ("omniglot_5w1s", "omniglot_10w1s"):
+        (tmp_path / "results" / f"{task}_cpu").mkdir(parents=True)
+        shutil.copy(
+            ROOT / "results" / f"{task}_cpu" / "results.json", tmp_path / "results" / f"{task}_cpu"
+        )
+    readme = tmp_path / "README.md"
+    sections = "<!-- claims-summary -->\nSTALE\n<!-- /claims-summary -->\n"
+    readme.write_text(
+        f"# x\n{sections}between\n<!-- maml-sanity -->\nSTALE\n<!-- /maml-sanity -->\nend\n"
+    )
+    flags = [f"--results={tmp_path / 'results'}", f"--out_dir={tmp_path / 'paper'}"]
+    _ok(_run("paper_figures.py", *flags, f"--readme={readme}", timeout=300))
+    for name in ("figure3.png", "figure4.png", "figure5.png"):
+        assert (tmp_path / "paper" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sanity = (tmp_path / "paper" / "maml_sanity.md").read_text()
+    origin = json.loads((ROOT / "results" / "omniglot_5w1s_cpu" / "results.json").read_text())[
+        "origin"
+    ]
+    assert f"| 5-way 1-shot Omniglot | 99.47 | {100 * origin['roa']['accuracy']:.1f} ±" in sanity
+    assert "| 10-way 1-shot Omniglot | – (not reported) |" in sanity
+    assert "20-way" not in sanity  # no results, no row
+    text = readme.read_text()
+    assert "STALE" not in text and text.startswith("# x\n") and text.endswith("end\n")
+    assert sanity in text and (tmp_path / "paper" / "claims.md").read_text() in text
+    # A README without the markers is refused before anything is written.
+    readme.write_text("# no markers\n")
+    proc = _run("paper_figures.py", *flags, f"--readme={readme}")
+    _assert_refused(proc, "--readme=", "claims-summary")

@@ -76,6 +76,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert best["step"] == whole["best_step"]
 
 
+def test_an_exported_run_resumes_elsewhere_as_the_original(tmp_path):
+    whole = train.fit(TINY, tmp_path / "whole")
+    train.fit(TINY, tmp_path / "first", stop_after_steps=5)
+    kept = rundir.export(tmp_path / "first", tmp_path / "kept" / "roa")
+    assert not (kept / "tb").exists()
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["5"]  # latest only
+    assert rundir.adopt(kept, tmp_path / "second")
+    assert not rundir.adopt(kept, tmp_path / "second")  # a folder with a run is left alone
+    assert train.fit(TINY, tmp_path / "second") == whole
+    chex.assert_trees_all_equal(
+        _final_state(TINY, tmp_path / "whole"), _final_state(TINY, tmp_path / "second")
+    )
+    assert rundir.finished(rundir.export(tmp_path / "second", kept))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        rundir.export(tmp_path / "empty", tmp_path / "kept" / "empty")
+
+
 def test_too_many_ways_for_a_split_fails_before_training(tmp_path):
     cfg = dataclasses.replace(TINY, n_way=60)  # the synthetic val split has 50 classes
     with pytest.raises(ValueError, match="n_way"):
