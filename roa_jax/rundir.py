@@ -220,6 +220,9 @@ def read_best(workdir: Workdir) -> dict:
 
 
 _EXPORTED = ("config.json", "best", "best.json", "train.csv", "val.csv")
+# orbax's commit_success.txt names the absolute folder it was written to: not exported (local
+# folders do not need it).
+_NOT_EXPORTED = shutil.ignore_patterns("commit_success.txt")
 
 
 def export(path, dest) -> pathlib.Path:
@@ -233,11 +236,12 @@ def export(path, dest) -> pathlib.Path:
     for name in _EXPORTED:
         src = path / name
         if src.is_dir():
-            shutil.copytree(src, tmp / name)
+            shutil.copytree(src, tmp / name, ignore=_NOT_EXPORTED)
         elif src.exists():
             tmp.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / name)
-    shutil.copytree(path / "checkpoints" / str(latest), tmp / "checkpoints" / str(latest))
+    last = path / "checkpoints" / str(latest)
+    shutil.copytree(last, tmp / "checkpoints" / str(latest), ignore=_NOT_EXPORTED)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest

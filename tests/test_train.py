@@ -81,6 +81,9 @@ def test_an_exported_run_resumes_elsewhere_as_the_original(tmp_path):
     train.fit(TINY, tmp_path / "first", stop_after_steps=5)
     kept = rundir.export(tmp_path / "first", tmp_path / "kept" / "roa")
     assert not (kept / "tb").exists()
+    # Nothing in the copy names the folder it came from (orbax's commit_success.txt does).
+    for file in kept.rglob("*"):
+        assert file.is_dir() or str(tmp_path).encode() not in file.read_bytes(), file
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["5"]  # latest only
     assert rundir.adopt(kept, tmp_path / "second")
     assert not rundir.adopt(kept, tmp_path / "second")  # a folder with a run is left alone
