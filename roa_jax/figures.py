@@ -245,6 +245,11 @@ def paper_figure5(by_task: dict, path):
     return _save(fig, path)
 
 
+def _present(by_task: dict):
+    """(task, title, results) for the paper's tasks that have results, in the paper's order."""
+    return [(t, title, by_task[t]) for t, title in PAPER_TASKS.items() if t in by_task]
+
+
 def maml_sanity_table(by_task: dict) -> str:
     """Origin (exact arithmetic, sigma_w 0) per task against MAML++'s published accuracy.
 
@@ -261,10 +266,7 @@ def maml_sanity_table(by_task: dict) -> str:
         "| meta-steps x tasks (share of the paper's steps) | test tasks |",
         "|---|---|---|---|---|---|",
     ]
-    for task, title in PAPER_TASKS.items():
-        if task not in by_task:
-            continue
-        results = by_task[task]
+    for task, title, results in _present(by_task):
         cfg = results["models"]["roa"]
         steps = cfg["epochs"] * cfg["iterations_per_epoch"]
         published = MAMLPP_ACCURACY.get(task)
@@ -285,10 +287,7 @@ def paper_table2(by_task: dict) -> str:
         "repeats (CIs in each task's table2.md); chance and origin (ideal weights) per task.",
         "",
     ]
-    for task, title in PAPER_TASKS.items():
-        if task not in by_task:
-            continue
-        results = by_task[task]
+    for _, title, results in _present(by_task):
         sigmas = sorted({r["sigma_w"] for r in results["methods"]})
         origin = results.get("origin", {}).get("roa")
         origin_text = f", origin {100 * origin['accuracy']:.1f}" if origin else ""
