@@ -28,10 +28,14 @@ flags.DEFINE_string("readme", None, "README to update between its generated-sect
 _SECTIONS = ("claims-summary", "maml-sanity")  # README sections: <!-- name --> ... <!-- /name -->
 
 
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name} -->", f"<!-- /{name} -->"
+
+
 def _replace_section(text: str, name: str, body: str) -> str:
-    head, rest = text.split(f"<!-- {name} -->", 1)
-    tail = rest.split(f"<!-- /{name} -->", 1)[1]
-    return f"{head}<!-- {name} -->\n{body}<!-- /{name} -->{tail}"
+    begin, end = _markers(name)
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}"
 
 
 def main(argv):
@@ -42,10 +46,9 @@ def main(argv):
     if FLAGS.readme:
         text = pathlib.Path(FLAGS.readme).read_text()
         for name in _SECTIONS:
-            if f"<!-- {name} -->" not in text or f"<!-- /{name} -->" not in text:
-                raise ValueError(
-                    f"--readme={FLAGS.readme} has no <!-- {name} --> ... <!-- /{name} --> markers."
-                )
+            begin, end = _markers(name)
+            if begin not in text or end not in text:
+                raise ValueError(f"--readme={FLAGS.readme} has no {begin} ... {end} markers.")
     by_task = {
         task: comparison.load(root / f"{task}_{FLAGS.scale}")
         for task in figures.PAPER_TASKS

@@ -210,8 +210,13 @@ def finished(path) -> bool:
     path = pathlib.Path(path)
     if not all((path / name).exists() for name in ("config.json", "best", "checkpoints")):
         return False
-    latest = ocp.CheckpointManager((path / "checkpoints").absolute()).latest_step()
-    return latest == read_config(path).total_steps
+    return _latest_step(path) == read_config(path).total_steps
+
+
+def _latest_step(path) -> int | None:
+    """The step of the latest checkpoint of the run in `path`, or None if it has none."""
+    folder = (pathlib.Path(path) / "checkpoints").absolute()
+    return ocp.CheckpointManager(folder).latest_step() if folder.exists() else None
 
 
 def read_best(workdir: Workdir) -> dict:
@@ -228,17 +233,17 @@ _NOT_EXPORTED = shutil.ignore_patterns("commit_success.txt")
 def export(path, dest) -> pathlib.Path:
     """Copies the run in `path` to `dest` (replaced): config, best, metrics, last checkpoint."""
     path, dest = pathlib.Path(path), pathlib.Path(dest)
-    latest = ocp.CheckpointManager((path / "checkpoints").absolute()).latest_step()
+    latest = _latest_step(path)
     if latest is None:
         raise FileNotFoundError(f"{path} has no checkpoint to export.")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for name in _EXPORTED:
         src = path / name
         if src.is_dir():
             shutil.copytree(src, tmp / name, ignore=_NOT_EXPORTED)
         elif src.exists():
-            tmp.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / name)
     last = path / "checkpoints" / str(latest)
     shutil.copytree(last, tmp / "checkpoints" / str(latest), ignore=_NOT_EXPORTED)
