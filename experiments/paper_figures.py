@@ -8,7 +8,8 @@ vs ROA), figure5.png (A-E ablations, D the 128-filter network), table2.md, claim
 task's claims and the cross-task ones) and maml_sanity.md (origin at sigma_w 0 against MAML++'s
 published accuracy, with each task's scale) to --out_dir. With --readme, the README's sections
 between its `<!-- claims-summary -->` and `<!-- maml-sanity -->` markers are replaced by the
-generated ones.
+generated ones, and each task's `<!-- table2 <task>_<scale> -->` section, where the README has
+one, by that task's Table 2 (its table2.md).
 """
 
 import pathlib
@@ -26,6 +27,11 @@ flags.DEFINE_string("out_dir", "results/paper", "Output folder.")
 flags.DEFINE_string("readme", None, "README to update between its generated-section markers.")
 
 _SECTIONS = ("claims-summary", "maml-sanity")  # README sections: <!-- name --> ... <!-- /name -->
+
+
+def _table2_section(task: str) -> str:
+    """A task's README section holding its table2.md (optional: prose goes around it)."""
+    return f"table2 {task}_{FLAGS.scale}"
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -49,6 +55,10 @@ def main(argv):
             begin, end = _markers(name)
             if begin not in text or end not in text:
                 raise ValueError(f"--readme={FLAGS.readme} has no {begin} ... {end} markers.")
+        for task in figures.PAPER_TASKS:
+            begin, end = _markers(_table2_section(task))
+            if (begin in text) != (end in text):
+                raise ValueError(f"--readme={FLAGS.readme} has one of {begin} ... {end}, not both.")
     by_task = {
         task: comparison.load(root / f"{task}_{FLAGS.scale}")
         for task in figures.PAPER_TASKS
@@ -69,7 +79,11 @@ def main(argv):
     if FLAGS.readme:
         readme = pathlib.Path(FLAGS.readme)
         text = readme.read_text()
-        for name, body in zip(_SECTIONS, (summary, sanity), strict=True):
+        sections = dict(zip(_SECTIONS, (summary, sanity), strict=True))
+        for task in by_task:
+            if _markers(_table2_section(task))[0] in text:
+                sections[_table2_section(task)] = figures.table2(by_task[task])
+        for name, body in sections.items():
             text = _replace_section(text, name, body)
         readme.write_text(text)
     logging.info(

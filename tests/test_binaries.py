@@ -413,6 +413,7 @@ def test_paper_figures_from_the_committed_results(tmp_path):
         )
     readme = tmp_path / "README.md"
     sections = "<!-- claims-summary -->\nSTALE\n<!-- /claims-summary -->\n"
+    sections += "<!-- table2 omniglot_10w1s_cpu -->\nSTALE\n<!-- /table2 omniglot_10w1s_cpu -->\n"
     readme.write_text(
         f"# x\n{sections}between\n<!-- maml-sanity -->\nSTALE\n<!-- /maml-sanity -->\nend\n"
     )
@@ -430,6 +431,15 @@ def test_paper_figures_from_the_committed_results(tmp_path):
     text = readme.read_text()
     assert "STALE" not in text and text.startswith("# x\n") and text.endswith("end\n")
     assert sanity in text and (tmp_path / "paper" / "claims.md").read_text() in text
+    table = (ROOT / "results" / "omniglot_10w1s_cpu" / "table2.md").read_text()
+    assert f"<!-- table2 omniglot_10w1s_cpu -->\n{table}<!-- /table2" in text
+    # A task's table section whose end marker is missing is refused before anything is written.
+    readme.write_text(
+        f"{sections.replace('<!-- /table2', '<!-- /tabel2')}<!-- maml-sanity -->\n"
+        "<!-- /maml-sanity -->\n"
+    )
+    proc = _run("paper_figures.py", *flags, f"--readme={readme}")
+    _assert_refused(proc, "--readme=", "table2 omniglot_10w1s_cpu")
     # A README without the markers is refused before anything is written.
     readme.write_text("# no markers\n")
     proc = _run("paper_figures.py", *flags, f"--readme={readme}")
