@@ -8,7 +8,8 @@ Meta-trains the models the comparison needs (ROA, ROA-WC = the MAML++ baseline's
 rho chosen on the validation classes (roa_jax/comparison.py), and writes results.json,
 results.csv, figure3-6.png, table2.md and claims.md/.json to --results_dir. Rerunning the same
 command resumes: finished meta-training runs and evaluated parts are kept, an interrupted run
-continues from its last checkpoint. --train_only stops after meta-training.
+continues from its last checkpoint; with --trained_dir both travel with the results, so a task
+can be split over machines and sessions. --train_only stops after meta-training.
 
 Tasks: omniglot_5w1s, omniglot_10w1s, omniglot_20w1s, omniglot_20w1s_w128, miniimagenet_5w1s
 (and synthetic_5w1s, the zero-setup demo). Scales: quick (the README's main job), cpu (this
@@ -38,8 +39,9 @@ flags.DEFINE_string(
     "trained_dir",
     None,
     "Keep a copy of each meta-training run here (config, best model, metrics, latest "
-    "checkpoint: a few MB each), and start from it where --workdir has none: trained "
-    "networks that travel with the results (e.g. results/<task>_<scale>/trained).",
+    "checkpoint: a few MB each), and start from it where --workdir has none, and save the "
+    "evaluated parts here too (evaluation/parts): trained networks and a half-done "
+    "evaluation that travel with the results (e.g. results/<task>_<scale>/trained).",
 )
 flags.DEFINE_bool("train_only", False, "Stop after meta-training (e.g. before a calibration).")
 flags.DEFINE_bool(
@@ -86,7 +88,8 @@ def main(argv):
     if FLAGS.train_only:
         return
     trained = {m: train.load_trained(workdir / m) for m in configs}
-    results = comparison.evaluate(trained, splits, norm, proto, workdir / "evaluation", title=name)
+    eval_dir = (kept or workdir) / "evaluation"  # parts saved as evaluated: resumable
+    results = comparison.evaluate(trained, splits, norm, proto, eval_dir, title=name)
     results["seconds"] = time.time() - start
     if not distributed.is_main():
         return  # process 0 writes the outputs

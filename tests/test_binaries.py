@@ -400,6 +400,10 @@ def test_reproduce_synthetic_tiny_end_to_end(tmp_path):
         # The copy that travels with the results: finished, without TensorBoard events.
         assert rundir.finished(tmp_path / "trained" / model)
         assert not (tmp_path / "trained" / model / "tb").exists()
+    # So do the evaluated parts (a half-done evaluation resumes elsewhere).
+    parts = {f.stem for f in (tmp_path / "trained" / "evaluation" / "parts").glob("*.json")}
+    assert {f"{m}_test" for m in config.MODELS} | {"offline_test"} <= parts
+    assert not (tmp_path / "runs" / "evaluation").exists()
 
 
 # paper_figures.py: assembles the committed per-task results; fills the README's sections.
