@@ -1,5 +1,7 @@
 """MAML++ for one task, exact or through crossbar writes (roa_jax/maml.py)."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -120,12 +122,14 @@ def test_second_order_meta_gradient_matches_finite_differences():
             lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, _episode()
         )
 
+        # Compiled once each: op by op, the float64 second-order gradient takes minutes.
+        @functools.partial(jax.jit, static_argnames="first_order")
         def loss(meta, first_order=False):
             result = maml.adapt(jax.random.PRNGKey(1), model, meta, ep, 2, first_order=first_order)
             return jnp.sum(result.loss)
 
-        grad = jax.grad(loss)(meta)
-        grad_fo = jax.grad(lambda m: loss(m, True))(meta)
+        grad = jax.jit(jax.grad(loss))(meta)
+        grad_fo = jax.jit(jax.grad(lambda m: loss(m, True)))(meta)
         direction = jax.tree.map(
             lambda x: jax.random.normal(jax.random.PRNGKey(x.size), x.shape, x.dtype), meta
         )
