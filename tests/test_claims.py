@@ -242,6 +242,20 @@ def test_task_specific_expectations():
     assert claims.task_claims("omniglot_5w1s_cpu") == claims.TASKS["omniglot_5w1s"]
 
 
+def test_summary_names_each_tasks_own_statement():
+    results = make_results()
+    tasks = ("omniglot_5w1s", "omniglot_5w1s_cpu", "omniglot_20w1s")
+    text = claims.summary(dict.fromkeys(tasks, results))
+    (row,) = [line for line in text.splitlines() if "`rho_gain_high_noise`" in line]
+    five, twenty = (verdict_of(results, "rho_gain_high_noise", t).statement for t in tasks[1:])
+    assert five != twenty  # 4 and 15 points
+    assert row.startswith(f"| {five} [omniglot_5w1s, omniglot_5w1s_cpu]; {twenty} [omniglot_20w1s]")
+    (same,) = [line for line in text.splitlines() if "`offline_chance`" in line]
+    assert same.startswith(
+        f"| {verdict_of(results, 'offline_chance').statement} (`offline_chance`) |"
+    )
+
+
 def test_unknown_task_measures_only_the_generic_claims():
     verdicts = {v.claim: v.verdict for v in claims.evaluate(make_results(), "synthetic_5w1s")}
     task_specific = {"constraint_high_noise", "rho_gain_high_noise", "best_rho_low_noise"}
