@@ -627,16 +627,15 @@ def write(verdicts: list[Verdict], out_dir, title: str | None = None) -> tuple[p
 _MARKS = {HOLDS: "holds", FAILS: "**fails**", NOT_MEASURED: "–"}
 
 
-def _statement(claim: str, by_task: dict) -> str:
+def _statement(by_task: dict) -> str:
     """A claim's statement; where the paper states it differently per task (e.g. 7 or 15 points),
     each statement with the tasks it is judged on."""
     tasks_of = {}
     for task, verdict in by_task.items():
         tasks_of.setdefault(verdict.statement, []).append(task)
     if len(tasks_of) == 1:
-        return f"{next(iter(tasks_of))} (`{claim}`)"
-    each = "; ".join(f"{st} [{', '.join(ts)}]" for st, ts in tasks_of.items())
-    return f"{each} (`{claim}`)"
+        return next(iter(tasks_of))
+    return "; ".join(f"{st} [{', '.join(ts)}]" for st, ts in tasks_of.items())
 
 
 def summary(results_by_task: dict, scale: str = "") -> str:
@@ -653,11 +652,8 @@ def summary(results_by_task: dict, scale: str = "") -> str:
     ]
     for claim in CLAIM_IDS:
         cells = [_MARKS[verdicts[t][claim].verdict] for t in tasks]
-        lines.append(
-            f"| {_statement(claim, {t: verdicts[t][claim] for t in tasks})} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        label = _statement({t: verdicts[t][claim] for t in tasks})
+        lines.append(f"| {label} (`{claim}`) | " + " | ".join(cells) + " |")
     totals = [score(list(verdicts[t].values())) for t in tasks]
     lines.append("| holds / measured | " + " | ".join(f"{h}/{m}" for h, m in totals) + " |")
     lines += ["", "| cross-task claim | ours | verdict |", "|---|---|---|"]

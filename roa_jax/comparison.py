@@ -170,12 +170,12 @@ def evaluate(
     images = {split: jax.device_put(splits[split]) for split in ("val", "test")}
     # The offline part uses no meta-trained network, only the task's shape; it takes ROA's config
     # where there is one, so its fingerprint does not depend on the order of the models.
-    any_cfg = models_.get("roa", next(iter(models_.values())))[0]
+    task_cfg = models_.get("roa", next(iter(models_.values())))[0]
     base = jax.random.PRNGKey(seed)
     split_keys = {"val": jax.random.fold_in(base, 0), "test": jax.random.fold_in(base, 1)}
     results = {
         "title": title,
-        "chance": 1.0 / any_cfg.n_way,
+        "chance": 1.0 / task_cfg.n_way,
         "seeds": proto.seeds,
         "protocol": proto._asdict(),
         "devices": {
@@ -186,7 +186,7 @@ def evaluate(
         "parts": {},
     }
     for part in parts(models_, proto, len(devices)):
-        cfg, meta = models_[part.model] if part.model else (any_cfg, None)
+        cfg, meta = models_[part.model] if part.model else (task_cfg, None)
         file = parts_dir / f"{part.name}.json"
         if saved_only:
             results["parts"][part.name] = load_saved_part(file, list(devices))
