@@ -91,14 +91,10 @@ def adapt(
     writer = writers.software() if writer is None else writer
     groups = models.split(meta.params, placement)
     frozen = groups[models.FROZEN]
-    rates = traverse_util.flatten_dict(meta.lslr)
-    trained_steps = next(iter(rates.values())).shape[0]
-
-    def logits(on_crossbars, digital, x, t):
-        return model.apply({"params": models.merge(frozen, on_crossbars, digital)}, x, t)
 
     def query(on_crossbars, digital, t):
-        out = logits(on_crossbars, digital, episode.query_x, t)
+        params = models.merge(frozen, on_crossbars, digital)
+        out = model.apply({"params": params}, episode.query_x, t)
         return models.cross_entropy(out, episode.query_y), models.accuracy(out, episode.query_y)
 
     k_start, k_write = jax.random.split(key)
@@ -110,22 +106,49 @@ def adapt(
 
     losses, accs = [], []
     for t in range(num_steps):
-
-        def support_loss(on_crossbars, digital, t=t):
-            out = logits(on_crossbars, digital, episode.support_x, t)
-            return models.cross_entropy(out, episode.support_y)
-
-        g_xbar, g_digital = jax.grad(support_loss, argnums=(0, 1))(writer.read(state), digital)
-        if first_order:
-            g_xbar, g_digital = jax.lax.stop_gradient((g_xbar, g_digital))
-        lr_t = min(t, trained_steps - 1)
-        step = {p: -rho * rates[p][lr_t] * g for p, g in {**g_xbar, **g_digital}.items()}
-        state = writer.write(jax.random.fold_in(k_write, t), state, {p: step[p] for p in g_xbar})
+        on_crossbars = writer.read(state)
+        step = inner_update(
+            model, meta, episode, on_crossbars, digital, t, rho, first_order, placement
+        )
+        dw = {p: step[p] for p in on_crossbars}
+        state = writer.write(jax.random.fold_in(k_write, t), state, dw)
         digital = {p: b + step[p] for p, b in digital.items()}
         loss, acc = query(writer.read(state), digital, t + 1)
         losses.append(loss)
         accs.append(acc)
     return TaskResult(jnp.stack(losses), jnp.stack(accs))
+
+
+def inner_update(
+    model: nn.Module,
+    meta: MetaParams,
+    episode: Episode,
+    on_crossbars: dict,
+    digital: dict,
+    t: int,
+    rho=1.0,
+    first_order: bool = False,
+    placement: models.Placement = models.default_placement,
+) -> dict:
+    """Update dw = -rho * lr[param, t] * grad of inner step t, {path: dw} of the adapted leaves.
+
+    The gradient is the support loss's at the weights `on_crossbars` (as the network reads
+    them) and `digital` with BN set t; steps beyond the meta-trained number reuse the last
+    LSLR rate. `adapt` writes the crossbar part of it and adds the digital part.
+    """
+    frozen = models.split(meta.params, placement)[models.FROZEN]
+    rates = traverse_util.flatten_dict(meta.lslr)
+    lr_t = min(t, next(iter(rates.values())).shape[0] - 1)
+
+    def support_loss(on_crossbars, digital):
+        params = models.merge(frozen, on_crossbars, digital)
+        out = model.apply({"params": params}, episode.support_x, t)
+        return models.cross_entropy(out, episode.support_y)
+
+    grads = jax.grad(support_loss, argnums=(0, 1))(on_crossbars, digital)
+    if first_order:
+        grads = jax.lax.stop_gradient(grads)
+    return {p: -rho * rates[p][lr_t] * g for p, g in {**grads[0], **grads[1]}.items()}
 
 
 def msl_weights(num_steps: int, epoch, msl_epochs: int):

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roa_jax import batching, maml, models, writers
+from roa_jax import batching, crossbar, maml, models, writers
 
 
 def constraint(params: dict, constraint_k: float, placement=models.default_placement):
@@ -63,6 +63,24 @@ def adapt_each(keys, model, meta, episodes, num_steps, hw=None, rho=1.0, task_ba
         return result.accuracy[-1]
 
     return batching.map_tasks(one, keys, episodes, strategy=task_batching)
+
+
+def write_pulses(model, meta: maml.MetaParams, episode, hw: writers.Hardware, rho=1.0) -> dict:
+    """|Pulse count| of every crossbar device in ROA's one write on one task, {path: array}.
+
+    theta_0 is programmed exactly, the first inner update (`maml.inner_update`, scaled by
+    `rho`) becomes pulse counts by `hw.policy`; a count of 0 leaves the device as it was (a
+    wanted change under half a step). The counts do not depend on the noise level.
+    """
+    groups = models.split(meta.params)
+    state = {p: crossbar.program(w, hw.params) for p, w in groups[models.CROSSBAR].items()}
+    weights = {p: crossbar.weights(xb, hw.params) for p, xb in state.items()}
+    step = maml.inner_update(model, meta, episode, weights, groups[models.DIGITAL], 0, rho)
+    key = jax.random.PRNGKey(0)  # noise does not change the counts
+    return {
+        p: jnp.abs(crossbar.write_update(key, xb, step[p], hw.params, hw.sigma_w, hw.policy)[1])
+        for p, xb in state.items()
+    }
 
 
 def offline_adapt(key, model: nn.Module, episode, num_steps: int, lr, hw: writers.Hardware):

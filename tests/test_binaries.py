@@ -352,6 +352,34 @@ def test_evaluate_refuses_models_of_different_tasks(mini_run, tmp_path):
     assert not out.exists()
 
 
+def test_write_stats_counts_pulses_and_refuses_bad_flags(mini_run, tmp_path):
+    flags, workdir, after_step_1 = mini_run
+    out = tmp_path / "stats.json"
+    run = [f"--run={workdir}", *flags[-2:]]  # the data flags
+    for bad, names in [
+        ("--rhos=0,1", ["--rhos=0,1", "> 0"]),
+        ("--rhos=1,nan", ["--rhos=1,nan", "not finite"]),
+        ("--tasks=0", ["--tasks=0"]),
+        ("--device=bogus", ["'bogus'"]),
+        (f"--run={after_step_1}", [f"--run={after_step_1}", "has not finished"]),
+    ]:
+        _assert_refused(_run("write_stats.py", *run, bad, f"--out={out}"), *names)
+    assert not out.exists()
+    proc = _ok(
+        _run("write_stats.py", *run, "--rhos=1e-6,1e3", "--tasks=2", f"--out={out}", timeout=600)
+    )
+    stats = json.loads(out.read_text())
+    assert "devices pulsed" in proc.stdout and stats["tasks"] == 2
+    assert 0.0 <= stats["theta_0_accuracy"] <= 1.0
+    assert 0.0 < stats["nominal_step_weight_units"]["up"] < 1.0
+    tiny, huge = stats["rhos"]
+    assert tiny["pulsed_share"] == 0.0 and huge["pulsed_share"] > 0.5
+    assert len(huge["pulsed_share_per_task"]) == 2
+    assert set(huge["pulsed_share_per_matrix"]) == {f"conv{i}/kernel" for i in range(4)} | {
+        "head/kernel"
+    }
+
+
 def test_meta_train_without_usable_splits_fails_before_training(tmp_path):
     root, cache, workdir = tmp_path / "data", tmp_path / "cache", tmp_path / "run"
     _write_split(root, "val", VAL_WNIDS, seed=1)  # 3 classes x 4 images

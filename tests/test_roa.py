@@ -93,3 +93,30 @@ def test_offline_more_sgd_steps_fit_the_support_set_on_an_ideal_device():
     fit = [float(offline(key, model, on_support, n, 0.5, hw)) for n in (0, 20)]
     assert fit[0] < 1.0
     assert fit[1] == 1.0
+
+
+def test_write_pulses_count_what_one_write_changes():
+    model = models.Conv4(N_WAY, 8)
+    meta, ep = _meta(model, inner_lr=0.05), jax.tree.map(lambda x: x[0], _episodes(num_tasks=1))
+    params = device.calibrated()
+    pulses = jax.jit(
+        lambda rho, s: roa.write_pulses(model, meta, ep, writers.hardware(params, s), rho)
+    )
+    counts = pulses(1.0, 0.0)
+    chex.assert_trees_all_equal(counts, pulses(1.0, 2.0))  # noise does not change the counts
+    assert all(float(jnp.sum(n)) == 0.0 for n in pulses(1e-6, 0.0).values())
+    totals = [sum(float(jnp.sum(n)) for n in pulses(r, 0.0).values()) for r in (1.0, 4.0, 16.0)]
+    assert 0 < totals[0] < totals[1] < totals[2]
+    # A device gets no pulse exactly where its wanted change is under half a nominal step
+    # (open loop), and one where it is between half and 1.5 steps.
+    groups = models.split(meta.params)
+    weights = {p: jnp.clip(w, -1, 1) for p, w in groups[models.CROSSBAR].items()}
+    dw = maml.inner_update(model, meta, ep, weights, groups[models.DIGITAL], 0)
+    step_up, step_down = device.nominal_steps(params)
+    g_min, g_max = device.conductance_range(params)
+    for p, n in counts.items():
+        steps = dw[p] * (g_max - g_min) / 2 / jnp.where(dw[p] >= 0, step_up, -step_down)
+        clear = jnp.abs(jnp.abs(steps) - 0.5) > 1e-3  # away from the rounding's tie
+        chex.assert_trees_all_equal((n == 0)[clear], (jnp.abs(steps) < 0.5)[clear])
+        one = clear & (jnp.abs(steps) > 0.5) & (jnp.abs(steps) < 1.499)
+        assert bool(jnp.all(n[one] == 1))
