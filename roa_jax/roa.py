@@ -73,9 +73,11 @@ def write_pulses(model, meta: maml.MetaParams, episode, hw: writers.Hardware, rh
     wanted change under half a step). The counts do not depend on the noise level.
     """
     groups = models.split(meta.params)
-    state = {p: crossbar.program(w, hw.params) for p, w in groups[models.CROSSBAR].items()}
-    weights = {p: crossbar.weights(xb, hw.params) for p, xb in state.items()}
-    step = maml.inner_update(model, meta, episode, weights, groups[models.DIGITAL], 0, rho)
+    writer = writers.crossbars(hw)
+    state = writer.start(None, groups[models.CROSSBAR])  # exact programming: no key used
+    step = maml.inner_update(
+        model, meta, episode, writer.read(state), groups[models.DIGITAL], 0, rho
+    )
     key = jax.random.PRNGKey(0)  # noise does not change the counts
     return {
         p: jnp.abs(crossbar.write_update(key, xb, step[p], hw.params, hw.sigma_w, hw.policy)[1])
