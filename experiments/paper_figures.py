@@ -10,6 +10,11 @@ published accuracy, with each task's scale) to --out_dir. With --readme, the REA
 between its `<!-- claims-summary -->` and `<!-- maml-sanity -->` markers are replaced by the
 generated ones, and each task's `<!-- table2 <task>_<scale> -->` section, where the README has
 one, by that task's Table 2 (its table2.md).
+
+A task that also has results at a --compare_scales scale (the longer Omniglot 5-way run,
+cpu_long) gets scales_<task>.md (each method's accuracy and each claim's verdict per scale) and
+scales_<task>.png (a panel per method, a curve per scale), and the README's `<!-- scales <task>
+-->` section, where it has one, that table.
 """
 
 import pathlib
@@ -25,6 +30,11 @@ flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale whose results to ass
 flags.DEFINE_string("results", "results", "Folder holding <task>_<scale>/results.json.")
 flags.DEFINE_string("out_dir", "results/paper", "Output folder.")
 flags.DEFINE_string("readme", None, "README to update between its generated-section markers.")
+flags.DEFINE_list(
+    "compare_scales",
+    ["cpu_long"],
+    "Longer-training scales to compare each task with, where run (--scale itself is skipped).",
+)
 
 _SECTIONS = ("claims-summary", "maml-sanity")  # README sections: <!-- name --> ... <!-- /name -->
 
@@ -32,6 +42,10 @@ _SECTIONS = ("claims-summary", "maml-sanity")  # README sections: <!-- name --> 
 def _table2_section(task: str) -> str:
     """A task's README section holding its table2.md (optional: prose goes around it)."""
     return f"table2 {task}_{FLAGS.scale}"
+
+
+def _scales_section(task: str) -> str:
+    return f"scales {task}"
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -42,6 +56,20 @@ def _replace_section(text: str, name: str, body: str) -> str:
     begin, end = _markers(name)
     head, rest = text.split(begin, 1)
     return f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}"
+
+
+def _other_scales(root: pathlib.Path, by_task: dict) -> dict:
+    """{task: {scale: results}} of the tasks that also have results at a --compare_scales."""
+    out = {}
+    for task, results in by_task.items():
+        longer = {
+            scale: comparison.load(root / f"{task}_{scale}")
+            for scale in FLAGS.compare_scales
+            if scale != FLAGS.scale and (root / f"{task}_{scale}" / "results.json").exists()
+        }
+        if longer:
+            out[task] = {FLAGS.scale: results, **longer}
+    return out
 
 
 def main(argv):
@@ -55,10 +83,13 @@ def main(argv):
             begin, end = _markers(name)
             if begin not in text or end not in text:
                 raise ValueError(f"--readme={FLAGS.readme} has no {begin} ... {end} markers.")
-        for task in figures.PAPER_TASKS:
-            begin, end = _markers(_table2_section(task))
+        for name in [f(t) for t in figures.PAPER_TASKS for f in (_table2_section, _scales_section)]:
+            begin, end = _markers(name)
             if (begin in text) != (end in text):
                 raise ValueError(f"--readme={FLAGS.readme} has one of {begin} ... {end}, not both.")
+    for scale in FLAGS.compare_scales:
+        if scale not in config_lib.SCALES:
+            raise ValueError(f"--compare_scales={scale}: not one of {config_lib.SCALES}.")
     by_task = {
         task: comparison.load(root / f"{task}_{FLAGS.scale}")
         for task in figures.PAPER_TASKS
@@ -76,6 +107,11 @@ def main(argv):
     (out / "claims.md").write_text(summary)
     sanity = figures.maml_sanity_table(by_task)
     (out / "maml_sanity.md").write_text(sanity)
+    by_scale = _other_scales(root, by_task)
+    for task, results in by_scale.items():
+        text = figures.scales_table(results) + "\n" + claims.by_scale(results, task)
+        (out / f"scales_{task}.md").write_text(text)
+        figures.scales_figure(results, figures.PAPER_TASKS[task], out / f"scales_{task}.png")
     if FLAGS.readme:
         readme = pathlib.Path(FLAGS.readme)
         text = readme.read_text()
@@ -83,12 +119,17 @@ def main(argv):
         for task in by_task:
             if _markers(_table2_section(task))[0] in text:
                 sections[_table2_section(task)] = figures.table2(by_task[task])
+        for task in by_scale:
+            if _markers(_scales_section(task))[0] in text:
+                sections[_scales_section(task)] = (out / f"scales_{task}.md").read_text()
         for name, body in sections.items():
             text = _replace_section(text, name, body)
         readme.write_text(text)
     logging.info(
-        "Wrote figures 3-5, table2.md, claims.md, maml_sanity.md for %s to %s.",
+        "Wrote figures 3-5, table2.md, claims.md, maml_sanity.md for %s (scales_<task> for %s) "
+        "to %s.",
         sorted(by_task),
+        sorted(by_scale),
         out,
     )
     print(summary)

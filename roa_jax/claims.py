@@ -660,3 +660,40 @@ def summary(results_by_task: dict, scale: str = "") -> str:
     for v in evaluate_across(results_by_task):
         lines.append(f"| {v.statement} (`{v.claim}`) | {v.ours} | {_MARKS[v.verdict]} |")
     return "\n".join(lines) + "\n"
+
+
+def _margin_text(verdict: Verdict) -> str:
+    margin = finite_margin(verdict)
+    return (
+        f"{_MARKS[verdict.verdict]} ({margin:+.1f})"
+        if margin is not None
+        else _MARKS[verdict.verdict]
+    )
+
+
+def by_scale(results_by_scale: dict, task: str) -> str:
+    """Markdown: one task's claims (rows) at each meta-training scale (columns), with margins.
+
+    Args:
+      results_by_scale: {scale: results} of `task`, evaluated with one protocol, shortest
+        training first.
+      task: the task name (picks the task-specific expectations, `task_claims`).
+    """
+    scales = list(results_by_scale)
+    verdicts = {s: evaluate(results_by_scale[s], task) for s in scales}
+    lines = [
+        f"The paper's claims on {task} after each scale's meta-training, judged by "
+        "roa_jax/claims.py; in brackets the margin (pp; octaves for the best-rho claims), "
+        "positive where the claim holds.",
+        "",
+        "| claim | " + " | ".join(scales) + " |",
+        "|---" * (len(scales) + 1) + "|",
+    ]
+    for i, claim in enumerate(CLAIM_IDS):
+        cells = [_margin_text(verdicts[s][i]) for s in scales]
+        lines.append(
+            f"| {verdicts[scales[0]][i].statement} (`{claim}`) | " + " | ".join(cells) + " |"
+        )
+    totals = [score(verdicts[s]) for s in scales]
+    lines.append("| holds / measured | " + " | ".join(f"{h}/{m}" for h, m in totals) + " |")
+    return "\n".join(lines) + "\n"

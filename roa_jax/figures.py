@@ -33,6 +33,10 @@ def _references(ax, results):
     origin = results.get("origin", {}).get("roa")
     if origin:
         ax.axhline(100 * origin["accuracy"], color="black", ls="--", label="origin")
+    _accuracy_axes(ax)
+
+
+def _accuracy_axes(ax):
     ax.set_xlabel(r"write noise $\sigma_w$")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -145,10 +149,7 @@ def table2(results) -> str:
         rows = {r["sigma_w"]: r for r in _method(results, method)}
         if not rows:
             continue
-        cells = [
-            f"{100 * rows[s]['accuracy']:.1f} ± {100 * rows[s]['ci95']:.1f}" if s in rows else ""
-            for s in sigmas
-        ]
+        cells = [_pm(rows[s]) if s in rows else "" for s in sigmas]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     for model, label in (("roa", "ROA"), ("five_step", "5-step")):
         best = results["best_rho"].get(model)
@@ -156,6 +157,11 @@ def table2(results) -> str:
             cells = " | ".join(f"{best[s]:g}" if s in best else "" for s in sigmas)
             lines.append(f"| {label}'s rho (val) | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def _pm(record) -> str:
+    """A results row or origin record as "mean ± 95 % CI" in %."""
+    return f"{100 * record['accuracy']:.1f} ± {100 * record['ci95']:.1f}"
 
 
 def _save(fig, path):
@@ -259,7 +265,7 @@ def maml_sanity_table(by_task: dict) -> str:
 
     def origin(results, model):
         o = results.get("origin", {}).get(model)
-        return f"{100 * o['accuracy']:.1f} ± {100 * o['ci95']:.1f}" if o else "–"
+        return _pm(o) if o else "–"
 
     lines = [
         "| task | MAML++ (published) | origin, ROA net | origin, ROA-WC net (MAML++'s) "
@@ -304,3 +310,75 @@ def paper_table2(by_task: dict) -> str:
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+# One task meta-trained at several scales ({scale: results}, shortest training first): how far
+# each method moves with training (the longer Omniglot 5-way run against the cpu scale).
+
+_SCALE_METHODS = ("ROA", "5-step", "ROA-WC", "ROA-FLR")  # offline uses no meta-trained net
+
+
+def _meta_steps(results, model="roa") -> str:
+    cfg = results["models"].get(model)
+    if not cfg:
+        return "–"
+    return f"{cfg['epochs'] * cfg['iterations_per_epoch']} x {cfg['meta_batch_size']}"
+
+
+def scales_table(by_scale: dict) -> str:
+    """Markdown: origin and each method at each noise level, a row per (method, scale)."""
+    sigmas = sorted({r["sigma_w"] for res in by_scale.values() for r in res["methods"]})
+    steps = "; ".join(f"{s}: {_meta_steps(r)}" for s, r in by_scale.items())
+    lines = [
+        f"Test accuracy (%) ± 95 % CI at each meta-training scale (ROA network's meta-steps x "
+        f"tasks: {steps}); origin is the ROA network with ideal weights.",
+        "",
+        "| method | scale | " + " | ".join(f"σw={s:g}" for s in sigmas) + " |",
+        "|---|---" + "|---" * len(sigmas) + "|",
+    ]
+    for scale, results in by_scale.items():
+        origin = results.get("origin", {}).get("roa")
+        if origin:
+            lines.append(f"| origin | {scale} | {_pm(origin)} |" + " |" * (len(sigmas) - 1))
+    for method in _SCALE_METHODS:
+        for scale, results in by_scale.items():
+            rows = {r["sigma_w"]: r for r in _method(results, method)}
+            if rows:
+                cells = [_pm(rows[s]) if s in rows else "" for s in sigmas]
+                lines.append(f"| {method} | {scale} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def scales_figure(by_scale: dict, title: str, path):
+    """A panel per method of _SCALE_METHODS: a curve per scale, dashed the origin (ideal
+    weights) of that method's network at that scale."""
+    methods = [m for m in _SCALE_METHODS if any(_method(r, m) for r in by_scale.values())]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+    first = next(iter(by_scale.values()))
+    models = {name: model for name, model, _ in comparison_methods()}
+    for j, method in enumerate(methods):
+        ax = axes[0, j]
+        for k, (scale, results) in enumerate(by_scale.items()):
+            color = f"C{k}"
+            rows = _method(results, method)
+            if rows:
+                s, acc, ci = _by_sigma(rows)
+                ax.errorbar(
+                    s,
+                    100 * acc,
+                    yerr=100 * ci,
+                    capsize=3,
+                    marker="o",
+                    color=color,
+                    label=f"{scale} ({_meta_steps(results, models[method])})",
+                )
+            origin = results.get("origin", {}).get(models[method])
+            if origin:
+                ax.axhline(
+                    100 * origin["accuracy"], color=color, ls="--", lw=1, label=f"origin, {scale}"
+                )
+        ax.axhline(100 * first["chance"], color="grey", ls=":", label="chance")
+        _accuracy_axes(ax)
+        ax.legend(fontsize=7)
+        ax.set_title(f"({_LETTERS[j]}) {method}, {title}", fontsize=9)
+    return _save(fig, path)

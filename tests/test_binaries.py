@@ -441,8 +441,18 @@ def test_paper_figures_from_the_committed_results(tmp_path):
         shutil.copy(
             ROOT / "results" / f"{task}_cpu" / "results.json", tmp_path / "results" / f"{task}_cpu"
         )
+    # The longer 5-way run: the cpu results with ROA 5 points higher at every level.
+    five_way = ROOT / "results" / "omniglot_5w1s_cpu" / "results.json"
+    short, longer = (json.loads(five_way.read_text()) for _ in range(2))
+    for row in longer["methods"]:
+        row["accuracy"] += 0.05 if row["method"] == "ROA" else 0.0
+    (tmp_path / "results" / "omniglot_5w1s_cpu_long").mkdir()
+    (tmp_path / "results" / "omniglot_5w1s_cpu_long" / "results.json").write_text(
+        json.dumps(longer)
+    )
     readme = tmp_path / "README.md"
     sections = "<!-- claims-summary -->\nSTALE\n<!-- /claims-summary -->\n"
+    sections += "<!-- scales omniglot_5w1s -->\nSTALE\n<!-- /scales omniglot_5w1s -->\n"
     sections += "<!-- table2 omniglot_10w1s_cpu -->\nSTALE\n<!-- /table2 omniglot_10w1s_cpu -->\n"
     readme.write_text(
         f"# x\n{sections}between\n<!-- maml-sanity -->\nSTALE\n<!-- /maml-sanity -->\nend\n"
@@ -452,9 +462,7 @@ def test_paper_figures_from_the_committed_results(tmp_path):
     for name in ("figure3.png", "figure4.png", "figure5.png"):
         assert (tmp_path / "paper" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sanity = (tmp_path / "paper" / "maml_sanity.md").read_text()
-    origin = json.loads((ROOT / "results" / "omniglot_5w1s_cpu" / "results.json").read_text())[
-        "origin"
-    ]
+    origin = short["origin"]
     assert f"| 5-way 1-shot Omniglot | 99.47 | {100 * origin['roa']['accuracy']:.1f} ±" in sanity
     assert "| 10-way 1-shot Omniglot | – (not reported) |" in sanity
     assert "20-way" not in sanity  # no results, no row
@@ -463,6 +471,21 @@ def test_paper_figures_from_the_committed_results(tmp_path):
     assert sanity in text and (tmp_path / "paper" / "claims.md").read_text() in text
     table = (ROOT / "results" / "omniglot_10w1s_cpu" / "table2.md").read_text()
     assert f"<!-- table2 omniglot_10w1s_cpu -->\n{table}<!-- /table2" in text
+    # Only 5-way has the longer run: its table (a row per method and scale) goes to the README.
+    assert sorted(p.name for p in (tmp_path / "paper").glob("scales_*")) == [
+        "scales_omniglot_5w1s.md",
+        "scales_omniglot_5w1s.png",
+    ]
+    scales = (tmp_path / "paper" / "scales_omniglot_5w1s.md").read_text()
+    assert f"<!-- scales omniglot_5w1s -->\n{scales}<!-- /scales" in text
+    for scale, res in (("cpu", short), ("cpu_long", longer)):
+        roa = sorted((r["sigma_w"], r) for r in res["methods"] if r["method"] == "ROA")
+        cells = " | ".join(f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}" for _, r in roa)
+        assert f"| ROA | {scale} | {cells} |" in scales
+    assert "| claim | cpu | cpu_long |" in scales
+    # An unknown comparison scale is refused.
+    proc = _run("paper_figures.py", *flags, "--compare_scales=cpu,cpu_longer")
+    _assert_refused(proc, "--compare_scales=cpu_longer")
     # A task's table section whose end marker is missing is refused before anything is written.
     readme.write_text(
         f"{sections.replace('<!-- /table2', '<!-- /tabel2')}<!-- maml-sanity -->\n"

@@ -256,6 +256,26 @@ def test_summary_names_each_tasks_own_statement():
     )
 
 
+def test_by_scale_shows_each_scales_verdict_and_margin():
+    short = changed("5-step", s1=0.84, s2=0.70, s3=0.55)  # no 5-step collapse: fails
+    longer = make_results()
+    text = claims.by_scale({"cpu": short, "cpu_long": longer}, "omniglot_5w1s")
+    lines = text.splitlines()
+    assert "| claim | cpu | cpu_long |" in lines
+    (row,) = [line for line in lines if "`five_step_collapses`" in line]
+    cells = [c.strip() for c in row.split("|")[2:4]]
+    margins = [verdict_of(r, "five_step_collapses").margin for r in (short, longer)]
+    assert margins[0] <= 0 < margins[1]
+    assert cells == [f"**fails** ({margins[0]:+.1f})", f"holds ({margins[1]:+.1f})"]
+    holds = [claims.score(claims.evaluate(r, "omniglot_5w1s"))[0] for r in (short, longer)]
+    assert lines[-1] == f"| holds / measured | {holds[0]}/10 | {holds[1]}/10 |"
+    # A claim without its rows is shown unmeasured, without a margin.
+    no_offline = make_results({k: v for k, v in PAPER_LIKE.items() if k != "offline"})
+    text = claims.by_scale({"cpu": no_offline}, "omniglot_5w1s")
+    (row,) = [line for line in text.splitlines() if "`offline_chance`" in line]
+    assert row.endswith("| – |")
+
+
 def test_unknown_task_measures_only_the_generic_claims():
     verdicts = {v.claim: v.verdict for v in claims.evaluate(make_results(), "synthetic_5w1s")}
     task_specific = {"constraint_high_noise", "rho_gain_high_noise", "best_rho_low_noise"}
