@@ -39,7 +39,8 @@ flags.DEFINE_string(
     "trained_dir",
     None,
     "Keep a copy of each meta-training run here (config, best model, metrics, latest "
-    "checkpoint: a few MB each), and start from it where --workdir has none, and save the "
+    "checkpoint: a few MB each, renewed at every checkpoint), and start from it where "
+    "--workdir has none, and save the "
     "evaluated parts here too (evaluation/parts): trained networks and a half-done "
     "evaluation that travel with the results (e.g. results/<task>_<scale>/trained).",
 )
@@ -81,10 +82,11 @@ def main(argv):
             logging.info("Took %s's run from %s.", m, kept / m)
         distributed.barrier("reproduce: runs adopted")
         logging.info("Meta-training %s (%d steps) in %s", m, cfg.total_steps, workdir / m)
-        result = train.fit(cfg, workdir / m, FLAGS.data_dir, FLAGS.cache_dir)
+        export_to = kept / m if kept else None  # after every checkpoint: nothing to cut by hand
+        result = train.fit(cfg, workdir / m, FLAGS.data_dir, FLAGS.cache_dir, export_to=export_to)
         logging.info("%s: %s (%.1f min so far)", m, result, (time.time() - start) / 60)
         if kept and distributed.is_main() and not rundir.finished(kept / m):
-            rundir.export(workdir / m, kept / m)
+            rundir.export(workdir / m, kept / m)  # finished before --trained_dir was given
     if FLAGS.train_only:
         return
     trained = {m: train.load_trained(workdir / m) for m in configs}

@@ -192,7 +192,9 @@ def load_trained(path) -> tuple[Config, maml.MetaParams]:
     return cfg, rundir.load_best(rundir.Workdir(path).best, target)
 
 
-def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=None) -> dict:
+def fit(
+    cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=None, export_to=None
+) -> dict:
     """Meta-trains per `cfg` in `workdir`, resuming from its latest checkpoint.
 
     Args:
@@ -202,6 +204,8 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
       cache_dir: cache for preprocessed data.
       stop_after_steps: stop (with a checkpoint) after this many steps in total; for tests of
         resumption and for splitting long runs.
+      export_to: a folder that gets a copy of the run (`rundir.export`) after every
+        checkpoint, so that a run cut at any time resumes elsewhere from its last checkpoint.
 
     Returns:
       {'best_val_accuracy', 'best_step', 'step'}.
@@ -302,6 +306,8 @@ def fit(cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=No
             t0 = time.time()
         if epoch_end or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             checkpoints.save(step + 1, state)
+            if export_to is not None and distributed.is_main():
+                rundir.export(workdir.path, export_to)
     return {
         "best_val_accuracy": best.get("val_accuracy"),
         "best_step": best.get("step"),

@@ -96,6 +96,22 @@ def test_an_exported_run_resumes_elsewhere_as_the_original(tmp_path):
         rundir.export(tmp_path / "empty", tmp_path / "kept" / "empty")
 
 
+def test_fit_exports_the_run_at_every_checkpoint(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(TINY, checkpoint_every=3)
+    kept, exported = tmp_path / "kept", []
+    export = rundir.export
+    monkeypatch.setattr(
+        rundir,
+        "export",
+        lambda path, dest: exported.append(rundir._latest_step(path)) or export(path, dest),
+    )
+    train.fit(cfg, tmp_path / "run", stop_after_steps=4, export_to=kept)
+    assert exported == [3, 4]  # checkpoint_every, then the stop
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["4"]
+    assert (kept / "train.csv").read_text() == (tmp_path / "run" / "train.csv").read_text()
+    # (An export resumes as the original: test_an_exported_run_resumes_elsewhere_as_the_original.)
+
+
 def test_too_many_ways_for_a_split_fails_before_training(tmp_path):
     cfg = dataclasses.replace(TINY, n_way=60)  # the synthetic val split has 50 classes
     with pytest.raises(ValueError, match="n_way"):
