@@ -1,8 +1,15 @@
-"""The benchmark scripts run and print their tables (tiny sizes; timings are not checked)."""
+"""The benchmark scripts run and print their tables (tiny sizes; timings are not checked).
+
+Marked slow (minutes of compiles; the library code they time has its own tests): `pytest -m slow`.
+"""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -399,6 +399,7 @@ def test_meta_train_without_usable_splits_fails_before_training(tmp_path):
 # figures, Table 2 and the claims written.
 
 
+@pytest.mark.slow  # minutes; its parts (training, export, comparison, figures, claims) have tests
 def test_reproduce_synthetic_tiny_end_to_end(tmp_path):
     results_dir = tmp_path / "results"
     proc = _run(

@@ -243,6 +243,7 @@ def _binary(name, *flags):
     return proc
 
 
+@pytest.mark.slow  # two binaries end to end; comparison.evaluate itself is tested above
 def test_meta_train_and_evaluate_give_the_same_results_for_one_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     fitted = train.fit(_config_file(SMOKE, **TINY_TRAINING), workdir)

@@ -268,6 +268,7 @@ def test_binary_names_a_missing_process_flag(tmp_path):
     )
 
 
+@pytest.mark.slow  # a benchmark script's smoke run, like tests/test_benchmarks.py
 def test_scaling_benchmark_prints_a_row_per_device_count():
     out = _run(
         ROOT / "benchmarks" / "scaling.py",
