@@ -279,8 +279,15 @@ def protocol(scale: str, task: str | None = None) -> Protocol:
 
     At the cpu scales the larger tasks evaluate fewer tasks (each adaptation costs more): both
     20-way tasks 4 x 50 test and 50 validation tasks, miniImageNet 5 noise levels, rho up to 8
-    (the paper's best is about 4 there), 4 x 25 test and 40 validation tasks.
+    (the paper's best is about 4 there), 4 x 25 test and 40 validation tasks. The 128-filter
+    network has no offline baseline at any scale: the paper shows it in its ablation (Figure
+    5D) only, as TASK_MODELS says (--offline_steps adds it back).
     """
+    proto = _scale_protocol(scale, task)
+    return proto._replace(offline_steps=0) if task == "omniglot_20w1s_w128" else proto
+
+
+def _scale_protocol(scale: str, task: str | None) -> Protocol:
     _check(scale in SCALES, f"--scale={scale!r} is not one of {SCALES}.")
     if scale == "paper":
         return Protocol(PAPER_SIGMAS, (0.25, 0.5, 1.0, 2.0, 4.0, 8.0), 4, 600, 600)

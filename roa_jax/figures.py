@@ -174,18 +174,21 @@ def _save(fig, path):
 def make_all(results, out_dir) -> list[pathlib.Path]:
     """Writes figure3-6.png, overview.png and table2.md to out_dir; returns their paths.
 
-    Only process 0 writes; the others get [].
+    A figure whose comparison was not evaluated is left out: Figure 3 (1-step vs 5-step)
+    without a 5-step model, Figure 4 (offline vs ROA) without the offline baseline (the
+    128-filter task has neither). Only process 0 writes; the others get [].
     """
     from roa_jax import distributed  # matplotlib first, as comparison_methods
 
     if not distributed.is_main():
         return []
     out = pathlib.Path(out_dir)
-    paths = [
-        figure3(results, out / "figure3.png"),
-        figure4(results, out / "figure4.png"),
-        figure5(results, out / "figure5.png"),
-    ]
+    paths = []
+    if _method(results, "5-step"):
+        paths.append(figure3(results, out / "figure3.png"))
+    if _method(results, "offline"):
+        paths.append(figure4(results, out / "figure4.png"))
+    paths.append(figure5(results, out / "figure5.png"))
     if "roa_test" in results["parts"]:
         paths.append(figure6(results, out / "figure6.png"))
     paths.append(overview(results, out / "overview.png"))

@@ -101,6 +101,15 @@ def test_every_protocol_passes_its_check(scale, task):
     assert 0.0 in proto.sigmas and 1.0 in proto.rhos
 
 
+@pytest.mark.parametrize("scale", config.SCALES)
+def test_only_the_wide_network_goes_without_an_offline_baseline(scale):
+    # The paper shows the 128-filter network in Figure 5D only (no Figure 4 panel).
+    wide = config.protocol(scale, "omniglot_20w1s_w128")
+    assert wide.offline_steps == 0
+    assert config.protocol(scale, "omniglot_20w1s").offline_steps > 0
+    assert wide == config.protocol(scale, "omniglot_20w1s")._replace(offline_steps=0)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

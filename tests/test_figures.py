@@ -59,6 +59,18 @@ def test_figures_and_table_from_a_tiny_run(results, tmp_path):
     assert "σw=0 | σw=2 |" in table
 
 
+def test_a_figure_of_a_comparison_not_evaluated_is_left_out(results, tmp_path):
+    # The 128-filter task: ROA and ROA-WC only, no 5-step model, no offline baseline.
+    kept = [r for r in results["methods"] if r["method"] not in ("5-step", "5-step-FLR", "offline")]
+    parts = {k: v for k, v in results["parts"].items() if k.startswith("roa")}
+    paths = figures.make_all({**results, "methods": kept, "parts": parts}, tmp_path)
+    names = [p.name for p in paths]
+    assert names == ["figure5.png", "figure6.png", "overview.png", "table2.md"]
+    assert not (tmp_path / "figure3.png").exists() and not (tmp_path / "figure4.png").exists()
+    table = (tmp_path / "table2.md").read_text()
+    assert "| ROA-WC |" in table and "| 5-step |" not in table and "| offline |" not in table
+
+
 def test_figure6_has_a_panel_per_model_evaluated(results, tmp_path, monkeypatch):
     figs = []
     real_save = figures._save
