@@ -334,8 +334,8 @@ def _five_step_collapses(table, chance) -> Verdict:
 def _constraint_high_noise(table, expect: TaskClaims) -> Verdict:
     claim = "constraint_high_noise"
     if expect.constraint is None:
-        statement = f"The constraint adds more than {CONSTRAINT_GAIN_PP:g} points at high noise"
-        return _missing(claim, statement, "the paper states no such number for this task")
+        statement = "The constraint's effect at high noise: the paper states none for this task"
+        return _missing(claim, statement, "the paper states no such effect for this task")
     roa, wc = table.get("ROA", {}), table.get("ROA-WC", {})
     levels = high_noise_levels(set(roa) & set(wc))
     if expect.constraint == "gain":
