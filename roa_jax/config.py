@@ -249,9 +249,11 @@ _CPU_BATCH = {
     "miniimagenet_5w1s": (2, 2),
 }
 
-# The models each task needs, where not all three: the paper shows the 128-filter network in
-# its ablation (Figure 5D) only, so it has no 5-step model.
-TASK_MODELS = {"omniglot_20w1s_w128": ("roa", "roa_wc")}
+# Tasks the paper shows in its ablation (Figure 5D) only, the 128-filter network: no 5-step
+# model (TASK_MODELS) and no offline baseline (`protocol`; --offline_steps adds it back).
+ABLATION_ONLY_TASKS = ("omniglot_20w1s_w128",)
+# The models each task needs, where not all three.
+TASK_MODELS = {task: ("roa", "roa_wc") for task in ABLATION_ONLY_TASKS}
 
 
 def task_models(task: str) -> tuple:
@@ -279,12 +281,11 @@ def protocol(scale: str, task: str | None = None) -> Protocol:
 
     At the cpu scales the larger tasks evaluate fewer tasks (each adaptation costs more): both
     20-way tasks 4 x 50 test and 50 validation tasks, miniImageNet 5 noise levels, rho up to 8
-    (the paper's best is about 4 there), 4 x 25 test and 40 validation tasks. The 128-filter
-    network has no offline baseline at any scale: the paper shows it in its ablation (Figure
-    5D) only, as TASK_MODELS says (--offline_steps adds it back).
+    (the paper's best is about 4 there), 4 x 25 test and 40 validation tasks. The tasks of
+    ABLATION_ONLY_TASKS have no offline baseline at any scale.
     """
     proto = _scale_protocol(scale, task)
-    return proto._replace(offline_steps=0) if task == "omniglot_20w1s_w128" else proto
+    return proto._replace(offline_steps=0) if task in ABLATION_ONLY_TASKS else proto
 
 
 def _scale_protocol(scale: str, task: str | None) -> Protocol:
