@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator check, in under 10 minutes on a GPU machine (each stage has a time limit):
-#   1. the meta-step time: benchmarks/meta_step.py, conv4-64 5-way 1-shot, 8 tasks, vmap (the
-#      accelerator default) against unroll;
+#   1. the meta-step time per task shape (Omniglot 5-way and 20-way, miniImageNet):
+#      benchmarks/meta_step.py, conv4-64, vmap (the accelerator default) against unroll;
 #   2. sweep and meta-step throughput at 1 and all devices: benchmarks/scaling.py;
 #   3. a short full-scale Omniglot run: meta_train.py with conv4-64, 28x28, 5-way 1-shot,
 #      data parallel over all devices, $EPOCHS x $STEPS meta-steps (second order after the
@@ -24,7 +24,7 @@ python -c 'import jax; print("jax", jax.__version__, jax.devices())'
 batch=$(((8 + devices - 1) / devices * devices)) # 8 tasks, or a multiple of the devices
 
 echo "== 1. meta-step (benchmarks/meta_step.py)"
-timeout 150 python benchmarks/meta_step.py --notorch --nolax_conv --inner_steps=1 \
+timeout 240 python benchmarks/meta_step.py --notorch --noreference --inner_steps=1 \
   --strategies=vmap,unroll --width="$width" --repeats=5 || echo "meta_step.py: failed or timed out"
 
 echo "== 2. scaling over 1 and $devices devices (benchmarks/scaling.py)"

@@ -12,13 +12,46 @@ batching" and "Sweeps"; benchmarks/meta_step.py and benchmarks/sweep.py):
   - over many devices (`map_tasks(..., mesh=)`): each device maps its share with the same
     choice, inside a `jax.shard_map` (distributed.py; benchmarks/scaling.py). Left to XLA's
     partitioner (a plain jit with the task axis sharded), a second-order meta-step ran 9x
-    (unroll) and 6x (vmap) slower than on one device (4 forced CPU devices, conv4-8).
+    (unroll) and 6x (vmap) slower than on one device (4 forced CPU devices, conv4-8);
+  - XLA:CPU's library for convolutions (`configure_xla`, applied when roa_jax is imported):
+    Eigen, not YNNPACK.
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
+import jaxlib
+
+# XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by default. Its
+# convolutions ran 2-4x slower than XLA's own (Eigen) at MAML's shapes (75 x 14 x 14 x 64 ->
+# 64: forward 21 vs 12 ms, input gradient 20 vs 9, filter gradient 48 vs 12) while its dots and
+# reductions are the faster ones: keep those, take convolutions out (BUILD_NOTES.md, "Speed:
+# meta-step"). Only for the jaxlib releases it was measured on: a flag an XLA does not know
+# aborts the process.
+_CPU_XLA_FLAGS = (
+    "--xla_cpu_experimental_ynn_fusion_type="
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+)
+_MEASURED_JAXLIB = ("0.10.",)
+
+
+def configure_xla(environ=os.environ) -> bool:
+    """Adds the XLA:CPU flags measured fastest to `environ['XLA_FLAGS']`; True if it did.
+
+    Nothing changes where the user's XLA_FLAGS already choose the libraries, or where jaxlib
+    is a release it was not measured on. XLA reads its flags when JAX starts its backend, so
+    this takes effect when roa_jax is imported before JAX's first computation (as the
+    binaries, benchmarks and tests do); on GPU and TPU the CPU flag has no effect.
+    """
+    flags = environ.get("XLA_FLAGS", "")
+    if "ynn_fusion_type" in flags or not jaxlib.__version__.startswith(_MEASURED_JAXLIB):
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {_CPU_XLA_FLAGS}".strip()
+    return True
+
 
 STRATEGIES = ("unroll", "vmap", "map")
 GRID_STRATEGIES = (*STRATEGIES, "loop")

@@ -64,14 +64,19 @@ def merge(*flat: dict) -> dict:
 def conv3x3(x, w):
     """3x3 'SAME' stride-1 convolution, NHWC images x HWIO kernel -> NHWC.
 
-    Mathematically `lax.conv_general_dilated`; its derivatives are written out so that every
-    derivative of every order is again a forward NHWC convolution or the one filter-gradient
-    convolution (`_filter_grad`): d/dx is the convolution with the flipped, transposed kernel,
-    and the filter gradient's own derivatives are two forward convolutions. JAX's generic
-    transpose rules instead give MAML's second derivatives convolutions in transposed layouts
-    (batch innermost) that XLA:CPU runs several times slower; this measured 1.08-1.22x faster
-    per second-order meta-step on 2 cores (BUILD_NOTES.md, "Speed: meta-step").
+    Mathematically `lax.conv_general_dilated` (`_lax_conv`); its derivatives are written out
+    so that every derivative of every order is again a forward NHWC convolution or the one
+    filter-gradient convolution (`_filter_grad`): d/dx is the convolution with the flipped,
+    transposed kernel, and the filter gradient's own derivatives are two forward convolutions.
+    JAX's generic transpose rules instead give MAML's second derivatives convolutions in
+    transposed layouts (batch innermost) that XLA:CPU runs several times slower; this measured
+    1.08-1.22x faster per second-order meta-step on 2 cores (BUILD_NOTES.md, "Speed:
+    meta-step"). Which library runs the convolutions is `batching.configure_xla`'s choice.
     """
+    return _lax_conv(x, w)
+
+
+def _lax_conv(x, w):
     return jax.lax.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -97,7 +102,7 @@ conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _filter_grad(x, g, shape):
     """d<g, conv3x3(x, w)>/dw for a kernel of `shape` (XLA's filter-gradient convolution)."""
-    return jax.vjp(lambda w: conv3x3.fun(x, w), jnp.zeros(shape, x.dtype))[1](g)[0]
+    return jax.vjp(lambda w: _lax_conv(x, w), jnp.zeros(shape, x.dtype))[1](g)[0]
 
 
 def _filter_grad_fwd(x, g, shape):
@@ -110,6 +115,7 @@ def _filter_grad_bwd(shape, res, dw):
 
 
 _filter_grad.defvjp(_filter_grad_fwd, _filter_grad_bwd)
+
 
 # He-normal (not truncated): kernels start as N(0, 2 / fan_in).
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -127,31 +133,105 @@ class Conv3x3(nn.Module):
 
 
 class StepBatchNorm(nn.Module):
-    """Batch norm with batch statistics and one scale/offset per inner step (MAML++ BNWB)."""
+    """Batch norm with batch statistics and one scale/offset per inner step (MAML++ BNWB).
+
+    With `relu_pool`, returns `max_pool(relu(bn(x)))` computed as `batch_norm_relu_pool`.
+    """
 
     num_steps: int
 
     @nn.compact
-    def __call__(self, x, step: int):
+    def __call__(self, x, step: int, relu_pool: bool = False):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (self.num_steps, c))
         offset = self.param("offset", nn.initializers.zeros, (self.num_steps, c))
-        mean = jnp.mean(x, axis=tuple(range(x.ndim - 1)))
-        var = jnp.var(x, axis=tuple(range(x.ndim - 1)))
         t = min(step, self.num_steps - 1)  # steps beyond the meta-trained ones reuse the last set
+        if relu_pool:
+            return batch_norm_relu_pool(x, scale[t], offset[t])
+        mean, var = _moments(x)
         return (x - mean) * jax.lax.rsqrt(var + _BN_EPS) * scale[t] + offset[t]
+
+
+def _moments(x):
+    """Per-channel mean and (biased) variance over every axis but the last."""
+    axes = tuple(range(x.ndim - 1))
+    return jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+
+
+def batch_norm_relu_pool(x, scale, offset):
+    """`max_pool(relu(bn(x)))` with batch statistics, pooling before the normalization.
+
+    Per channel, relu((x - mean) * rsqrt(var + eps) * scale + offset) is a monotone function
+    of x (rising for scale >= 0, falling below), and so is each of its float roundings: the
+    window's maximum of it is its value at the window's maximum of x (minimum, for a negative
+    scale), bit for bit. The normalization then runs on the pooled quarter of the activations,
+    and the backward pass touches the full-size ones in fewer, simpler loops (BUILD_NOTES.md,
+    "Speed: meta-step"). Ties share the gradient as in `jnp.max`; only at a scale of exactly 0,
+    where the block has a kink in the scale, its derivative there is the window maximum's
+    rather than the average that `jnp.max` of the plain block gives.
+    """
+    mean, var = _moments(x)
+    sign = jax.lax.stop_gradient(jnp.where(scale >= 0, 1.0, -1.0).astype(x.dtype))
+    pooled = _signed_max_pool(x, sign)
+    return jax.nn.relu((pooled - mean) * jax.lax.rsqrt(var + _BN_EPS) * scale + offset)
 
 
 def max_pool(x):
     """2x2 max-pool, stride 2, 'VALID' (an odd edge row/column is dropped).
 
-    Written as a reshape and max rather than `lax.reduce_window`: the second derivative of
-    reduce_window (select-and-scatter) is several times slower on XLA:CPU, and MAML
-    differentiates through it twice.
+    Not `lax.reduce_window`: the second derivative of reduce_window (select-and-scatter) is
+    several times slower on XLA:CPU, and MAML differentiates through it twice.
+    """
+    return _signed_max_pool(x, jnp.ones(x.shape[-1], x.dtype))
+
+
+def _windows(x):
+    """x cropped to even height and width, viewed as [b, h/2, 2, w/2, 2, c] windows."""
+    b, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def _signed_max_pool(x, sign):
+    """sign * max-pool(sign * x) for a per-channel sign of +-1: max-pool where it is 1,
+    min-pool where it is -1.
+
+    The forward pass is the elementwise maximum of the four strided quarters, which XLA:CPU
+    fuses into one loop with the sign; the derivative routes each window's gradient to the
+    elements equal to its result, shared among ties (the derivative of `jnp.max`). Written
+    out rather than left to the reduction's own rule, which materializes a float mask and a
+    count over the full-size input: the backward pass is one fused loop. The derivative is
+    again a linear map of the incoming gradient, so MAML differentiates through it twice.
     """
     b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+    quarter = lambda i, j: x[:, i : h // 2 * 2 : 2, j : w // 2 * 2 : 2] * sign
+    return (
+        jnp.maximum(
+            jnp.maximum(quarter(0, 0), quarter(0, 1)), jnp.maximum(quarter(1, 0), quarter(1, 1))
+        )
+        * sign
+    )
+
+
+def _signed_max_pool_fwd(x, sign):
+    pooled = _signed_max_pool(x, sign)
+    return pooled, (x, pooled)
+
+
+def _signed_max_pool_bwd(res, g):
+    x, pooled = res
+    b, h, w, c = x.shape
+    winners = _windows(x) == pooled[:, :, None, :, None, :]
+    # Ties counted from the four quarters (elementwise: one fused loop, not a reduction).
+    ties = [winners[:, :, i, :, j].astype(x.dtype) for i in (0, 1) for j in (0, 1)]
+    share = g / functools.reduce(jnp.add, ties)
+    dx = jnp.where(winners, share[:, :, None, :, None, :], 0.0)
+    dx = dx.reshape(b, h // 2 * 2, w // 2 * 2, c)
+    dx = jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return dx, jnp.zeros_like(pooled[0, 0, 0])
+
+
+_signed_max_pool.defvjp(_signed_max_pool_fwd, _signed_max_pool_bwd)
 
 
 def _head(n_way: int):
@@ -176,8 +256,7 @@ class Conv4(nn.Module):
     def __call__(self, x, step: int = 0):
         for i in range(NUM_CONV):
             x = Conv3x3(self.width, name=f"conv{i}")(x)
-            x = StepBatchNorm(self.num_bn_steps, name=f"bn{i}")(x, step)
-            x = max_pool(jax.nn.relu(x))
+            x = StepBatchNorm(self.num_bn_steps, name=f"bn{i}")(x, step, relu_pool=True)
         if x.shape[1] < 1:
             raise ValueError(f"images of {x.shape} are too small for {NUM_CONV} 2x2 max-pools.")
         return _head(self.n_way)(x.reshape(x.shape[0], -1))

@@ -21,17 +21,29 @@ def test_meta_step_benchmark_prints_every_row():
             str(ROOT / "benchmarks" / "meta_step.py"),
             "--notorch",
             "--inner_steps=1",
+            "--shapes=omniglot_5w,miniimagenet",
             "--meta_batch=2",
             "--width=4",
             "--image_size=16",
             "--repeats=1",
+            "--lax_conv",
         ],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    for row in ("1 inner step(s), unroll ", "unroll, lax.conv rules", "origin", "hardware write"):
-        assert row in out, out
+    for shape in ("omniglot_5w", "miniimagenet"):
+        for row in (
+            "meta-step, unroll ",
+            "meta-step, first order",
+            "meta-step, lax.conv rules",
+            "eval chunk, origin",
+            "eval chunk, hardware",
+        ):
+            assert f"{shape}, 1 step(s), {row}" in out, out
+    # The reference rows (the code before the speed work) have a finite ratio.
+    ref_rows = [line.split() for line in out.splitlines() if line.endswith("4412a0a")]
+    assert len(ref_rows) == 6 and all(float(r[-2]) > 0 for r in ref_rows), out
 
 
 def _benchmark(name, *flags):

@@ -36,8 +36,8 @@ def test_conv3x3_values_and_derivatives_up_to_third_order_equal_lax_conv():
             grad_x = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, w)) ** 2))(x)
             return conv(x, w), jax.grad(outer)(w), jax.grad(third)(w), grad_x
 
-        # conv3x3.fun: the same lax.conv with JAX's own derivative rules.
-        reference = orders(models.conv3x3.fun)
+        # _lax_conv: the same lax.conv with JAX's own derivative rules.
+        reference = orders(models._lax_conv)
         for ours, ref in zip(orders(models.conv3x3), reference, strict=True):
             np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
 
@@ -95,6 +95,90 @@ def test_max_pool_equals_reduce_window_and_drops_the_odd_edge():
     window = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     chex.assert_shape(window, (2, 3, 3, 3))
     chex.assert_trees_all_equal(models.max_pool(x), window)
+
+
+def _plain_bn_relu_pool(x, scale, offset):
+    """The block written plainly: batch norm, ReLU, then a max-pool with JAX's own rules."""
+    mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
+    y = jax.nn.relu((x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + offset)
+    b, h, w, c = y.shape
+    y = y[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(y, axis=(2, 4))
+
+
+def _block_inputs(dtype, shape=(3, 7, 6, 4)):
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    x = jax.random.normal(keys[0], shape, dtype)
+    # Ties, as in Omniglot's blank background: a constant patch and a repeated column.
+    x = x.at[0, :4, :4].set(0.7).at[1, :, 2].set(x[1, :, 3])
+    # Both signs. (At a scale of exactly 0 the block's derivative in the scale has a kink: the
+    # plain block averages the window, batch_norm_relu_pool takes its maximum.)
+    scale = jnp.array([1.5, -0.8, 0.3, 2.0], dtype)
+    offset = jax.random.normal(keys[1], (4,), dtype)
+    return x, scale, offset, jax.random.normal(keys[2], (3, 3, 3, 4), dtype)
+
+
+def test_batch_norm_relu_pool_equals_the_plain_block_bit_for_bit():
+    x, scale, offset, _ = _block_inputs(jnp.float32)
+    fast = jax.jit(models.batch_norm_relu_pool)(x, scale, offset)
+    chex.assert_trees_all_equal(fast, jax.jit(_plain_bn_relu_pool)(x, scale, offset))
+    # The min-pool branch is taken where the scale is negative: not the max of x there.
+    assert not np.allclose(models.max_pool(x)[..., 1], models._signed_max_pool(x, -1.0)[..., 1])
+
+
+def test_batch_norm_relu_pool_derivatives_up_to_second_order_equal_the_plain_block():
+    with jax.enable_x64(True):
+        x, scale, offset, q = _block_inputs(jnp.float64)
+
+        def orders(block):
+            # MAML-shaped: a gradient in x and in the BN weights, then the gradient of a loss
+            # of that gradient (second order), ties and both signs of scale included.
+            loss = lambda x, s, o: jnp.sum(jnp.sin(block(x, s, o)) * q)
+            first = jax.grad(loss, argnums=(0, 1, 2))(x, scale, offset)
+            second = jax.grad(lambda x: jnp.sum(jnp.cos(jax.grad(loss)(x, scale, offset))))(x)
+            return block(x, scale, offset), first, second
+
+        for ours, ref in zip(
+            orders(models.batch_norm_relu_pool), orders(_plain_bn_relu_pool), strict=True
+        ):
+            chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_conv4_meta_gradient_equals_the_plain_network():
+    """The whole network's second-order MAML gradient: fast block against the plain one."""
+    model = models.Conv4(5, 8, 2)
+    x = jax.random.normal(jax.random.PRNGKey(2), (10, 28, 28, 1)).at[:, :6].set(0.0)
+    params = model.init(jax.random.PRNGKey(3), x)["params"]
+    labels = jnp.arange(10) % 5
+
+    def meta_gradient(block):
+        def loss(p, step):
+            with _patched(models, "batch_norm_relu_pool", block):
+                return models.cross_entropy(model.apply({"params": p}, x, step), labels)
+
+        adapted = lambda p: jax.tree.map(lambda a, g: a - 0.4 * g, p, jax.grad(loss)(p, 0))
+        return jax.grad(lambda p: loss(adapted(p), 1))(params)
+
+    chex.assert_trees_all_close(
+        meta_gradient(models.batch_norm_relu_pool),
+        meta_gradient(_plain_bn_relu_pool),
+        rtol=2e-4,
+        atol=1e-6,
+    )
+
+
+class _patched:
+    """Sets module.name to value for the duration of a with block."""
+
+    def __init__(self, module, name, value):
+        self.module, self.name, self.value = module, name, value
+
+    def __enter__(self):
+        self.saved = getattr(self.module, self.name)
+        setattr(self.module, self.name, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.module, self.name, self.saved)
 
 
 def test_cross_entropy_and_accuracy():
