@@ -13,6 +13,9 @@ gradient; the filter gradient has the kernel's shape), `transpose` (a layout cop
 (a YNNPACK fusion: dots and reductions) or `loop` (XLA's own elementwise fusions: batch norm,
 ReLU, pooling, the write). Durations are thread time: with two threads busy, a wait inside an
 operation counts too, so read the shares, or run on one core (taskset) for exclusive times.
+XLA:CPU runs Eigen's convolutions in Eigen's own thread pool, which the trace does not see:
+`conv` there is only their dispatch, and the wall time less the operations' share is theirs;
+--conv_layers then times each conv layer alone (forward, input and filter gradient).
 """
 
 import collections
@@ -29,7 +32,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from roa_jax import config, device, maml, roa, train, writers  # noqa: E402
+from roa_jax import config, device, maml, models, roa, train, writers  # noqa: E402
 from roa_jax.data import episodes as episodes_lib  # noqa: E402
 
 PROGRAMS = ("meta_step", "eval_origin", "eval_roa", "eval_5step")
@@ -45,6 +48,7 @@ flags.DEFINE_integer("image_size", 28, "Image side.")
 flags.DEFINE_integer("channels", 1, "Image channels.")
 flags.DEFINE_integer("steps", 3, "Traced calls.")
 flags.DEFINE_integer("top", 30, "Groups printed.")
+flags.DEFINE_bool("conv_layers", True, "Also time each conv layer alone (fwd, both gradients).")
 
 
 def _program():
@@ -117,6 +121,46 @@ def _group(name, shape, op_name, is_conv):
     return f"{layers[-1] if layers else '-':5s} {direction} {kind:9s} {what[:26]:26s} {shape}"
 
 
+def _median_ms(fn, *args, repeats=9):
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2] * 1e3
+
+
+def _input_gradient(x, w, g):
+    return jax.vjp(lambda x: models.conv3x3(x, w), x)[1](g)[0]
+
+
+def _filter_gradient(x, w, g):
+    return jax.vjp(lambda w: models.conv3x3(x, w), w)[1](g)[0]
+
+
+def conv_layer_times():
+    """Each conv layer of the network alone, at the query and the support batch: forward,
+    input gradient and filter gradient (ms). XLA:CPU runs Eigen's convolutions in Eigen's own
+    thread pool, which the trace does not see: these are their times."""
+    key = jax.random.PRNGKey(0)
+    print(f"{'conv layer alone':34s} {'fwd ms':>7s} {'d/dx ms':>8s} {'d/dw ms':>8s} {'GFLOP':>6s}")
+    for batch, what in ((FLAGS.n_way * 15, "query"), (FLAGS.n_way, "support")):
+        size, c_in = FLAGS.image_size, FLAGS.channels
+        for layer in range(4):
+            x = jax.random.normal(key, (batch, size, size, c_in))
+            w = jax.random.normal(key, (3, 3, c_in, FLAGS.width)) * 0.05
+            g = jax.random.normal(key, (batch, size, size, FLAGS.width))
+            fwd = _median_ms(models.conv3x3, x, w)
+            dx = _median_ms(_input_gradient, x, w, g)
+            dw = _median_ms(_filter_gradient, x, w, g)
+            gflop = 2 * batch * size * size * 9 * c_in * FLAGS.width / 1e9
+            name = f"{what} conv{layer} {batch}x{size}x{size}x{c_in}"
+            print(f"{name:34s} {fwd:7.2f} {dx:8.2f} {dw:8.2f} {gflop:6.3f}")
+            size, c_in = size // 2, FLAGS.width
+
+
 def main(argv):
     del argv
     compiled, args = _program()
@@ -153,6 +197,8 @@ def main(argv):
     print(f"{'ms':>8s} {'%':>5s}  layer dir kind      operation                  shape")
     for group, ms in groups.most_common(FLAGS.top):
         print(f"{ms:8.1f} {100 * ms / total:5.1f}  {group}")
+    if FLAGS.conv_layers:
+        conv_layer_times()
 
 
 if __name__ == "__main__":

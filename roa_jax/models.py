@@ -177,11 +177,7 @@ def batch_norm_relu_pool(x, scale, offset):
 
 
 def max_pool(x):
-    """2x2 max-pool, stride 2, 'VALID' (an odd edge row/column is dropped).
-
-    Not `lax.reduce_window`: the second derivative of reduce_window (select-and-scatter) is
-    several times slower on XLA:CPU, and MAML differentiates through it twice.
-    """
+    """2x2 max-pool, stride 2, 'VALID' (an odd edge row/column is dropped)."""
     return _signed_max_pool(x, jnp.ones(x.shape[-1], x.dtype))
 
 
@@ -196,21 +192,19 @@ def _signed_max_pool(x, sign):
     """sign * max-pool(sign * x) for a per-channel sign of +-1: max-pool where it is 1,
     min-pool where it is -1.
 
-    The forward pass is the elementwise maximum of the four strided quarters, which XLA:CPU
-    fuses into one loop with the sign; the derivative routes each window's gradient to the
-    elements equal to its result, shared among ties (the derivative of `jnp.max`). Written
-    out rather than left to the reduction's own rule, which materializes a float mask and a
-    count over the full-size input: the backward pass is one fused loop. The derivative is
-    again a linear map of the incoming gradient, so MAML differentiates through it twice.
+    The forward pass is XLA's reduce-window, which XLA:CPU computes in a pass of its own; as
+    elementwise maxima of strided slices (or a reshaped max) it was fused into each consumer,
+    among them the layout copy that feeds the next layer's filter gradient, which then re-read
+    the full-size input in batch-minor order (1.09-1.19x per meta-step, BUILD_NOTES.md "Speed:
+    meta-step"). The derivative routes each window's gradient to the elements equal to its
+    result, shared among ties (the derivative of `jnp.max`), written out rather than left to
+    reduce-window's own rule (select-and-scatter, whose second derivative is several times
+    slower on XLA:CPU) or to the reduction's (a float mask and a count over the full-size
+    input); it is a linear map of the incoming gradient, so MAML differentiates through it
+    twice.
     """
-    b, h, w, c = x.shape
-    quarter = lambda i, j: x[:, i : h // 2 * 2 : 2, j : w // 2 * 2 : 2] * sign
-    return (
-        jnp.maximum(
-            jnp.maximum(quarter(0, 0), quarter(0, 1)), jnp.maximum(quarter(1, 0), quarter(1, 1))
-        )
-        * sign
-    )
+    window = (1, 2, 2, 1)
+    return jax.lax.reduce_window(x * sign, -jnp.inf, jax.lax.max, window, window, "VALID") * sign
 
 
 def _signed_max_pool_fwd(x, sign):
