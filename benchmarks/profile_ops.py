@@ -1,9 +1,11 @@
-r"""Where the time of a meta-step or an evaluation chunk goes: XLA:CPU's operations by kind.
+r"""(Not named profile.py: that would shadow the standard library's `profile`, which torch imports.)
 
-  python benchmarks/profile.py                               # second-order 5-way meta-step
-  python benchmarks/profile.py --program=meta_step --first_order
-  python benchmarks/profile.py --program=eval_roa            # also eval_origin, eval_5step
-  taskset -c 0 python benchmarks/profile.py                  # one core: events do not overlap
+Where the time of a meta-step or an evaluation chunk goes: XLA:CPU's operations by kind.
+
+  python benchmarks/profile_ops.py                               # second-order 5-way meta-step
+  python benchmarks/profile_ops.py --program=meta_step --first_order
+  python benchmarks/profile_ops.py --program=eval_roa            # also eval_origin, eval_5step
+  taskset -c 0 python benchmarks/profile_ops.py                  # one core: events do not overlap
 
 Compiles the program, traces --steps calls with `jax.profiler`, reads the trace back
 (`jax.profiler.ProfileData`) and sums the duration of every XLA operation, grouped by the
