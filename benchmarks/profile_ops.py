@@ -1,6 +1,4 @@
-r"""(Not named profile.py: that would shadow the standard library's `profile`, which torch imports.)
-
-Where the time of a meta-step or an evaluation chunk goes: XLA:CPU's operations by kind.
+r"""Where the time of a meta-step or an evaluation chunk goes: XLA:CPU's operations by kind.
 
   python benchmarks/profile_ops.py                               # second-order 5-way meta-step
   python benchmarks/profile_ops.py --program=meta_step --first_order
@@ -18,6 +16,8 @@ operation counts too, so read the shares, or run on one core (taskset) for exclu
 XLA:CPU runs Eigen's convolutions in Eigen's own thread pool, which the trace does not see:
 `conv` there is only their dispatch, and the wall time less the operations' share is theirs;
 --conv_layers then times each conv layer alone (forward, input and filter gradient).
+(Not named profile.py: beside meta_step.py it would shadow the standard library's `profile`,
+which torch imports.)
 """
 
 import collections
