@@ -29,8 +29,8 @@ import jaxlib
 # convolutions ran 2-4x slower than XLA's own (Eigen) at MAML's shapes (75 x 14 x 14 x 64 ->
 # 64: forward 21 vs 12 ms, input gradient 20 vs 9, filter gradient 48 vs 12) while its dots and
 # reductions are the faster ones: keep those, take convolutions out (BUILD_NOTES.md, "Speed:
-# meta-step"). Only for the jaxlib releases it was measured on: a flag an XLA does not know
-# aborts the process.
+# the meta-step near the machine's limit"). Only for the jaxlib releases it was measured on: a
+# flag an XLA does not know aborts the process.
 _CPU_XLA_FLAGS = (
     "--xla_cpu_experimental_ynn_fusion_type="
     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"

@@ -166,9 +166,9 @@ def batch_norm_relu_pool(x, scale, offset):
     window's maximum of it is its value at the window's maximum of x (minimum, for a negative
     scale), bit for bit. The normalization then runs on the pooled quarter of the activations,
     and the backward pass touches the full-size ones in fewer, simpler loops (BUILD_NOTES.md,
-    "Speed: meta-step"). Ties share the gradient as in `jnp.max`; only at a scale of exactly 0,
-    where the block has a kink in the scale, its derivative there is the window maximum's
-    rather than the average that `jnp.max` of the plain block gives.
+    "Speed: the meta-step near the machine's limit"). Ties share the gradient as in `jnp.max`;
+    only at a scale of exactly 0, where the block has a kink in the scale, its derivative there
+    is the window maximum's rather than the average that `jnp.max` of the plain block gives.
     """
     mean, var = _moments(x)
     sign = jax.lax.stop_gradient(jnp.where(scale >= 0, 1.0, -1.0).astype(x.dtype))
@@ -196,12 +196,12 @@ def _signed_max_pool(x, sign):
     elementwise maxima of strided slices (or a reshaped max) it was fused into each consumer,
     among them the layout copy that feeds the next layer's filter gradient, which then re-read
     the full-size input in batch-minor order (1.09-1.19x per meta-step, BUILD_NOTES.md "Speed:
-    meta-step"). The derivative routes each window's gradient to the elements equal to its
-    result, shared among ties (the derivative of `jnp.max`), written out rather than left to
-    reduce-window's own rule (select-and-scatter, whose second derivative is several times
-    slower on XLA:CPU) or to the reduction's (a float mask and a count over the full-size
-    input); it is a linear map of the incoming gradient, so MAML differentiates through it
-    twice.
+    the meta-step near the machine's limit"). The derivative routes each window's gradient to
+    the elements equal to its result, shared among ties (the derivative of `jnp.max`), written
+    out rather than left to reduce-window's own rule (select-and-scatter, whose second
+    derivative is several times slower on XLA:CPU) or to the reduction's (a float mask and a
+    count over the full-size input); it is a linear map of the incoming gradient, so MAML
+    differentiates through it twice.
     """
     window = (1, 2, 2, 1)
     return jax.lax.reduce_window(x * sign, -jnp.inf, jax.lax.max, window, window, "VALID") * sign

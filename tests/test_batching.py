@@ -98,3 +98,19 @@ def test_bad_strategy_is_rejected_naming_the_choices():
         batching.check("loop")
     assert batching.check("loop", batching.GRID_STRATEGIES) == "loop"
     assert batching.check("auto") == "auto"
+
+
+def test_configure_xla_adds_the_cpu_flag_once_and_leaves_a_users_choice(monkeypatch):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert batching.configure_xla(env)
+    assert env["XLA_FLAGS"].startswith("--xla_force_host_platform_device_count=2 ")
+    assert (
+        "ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+        in (env["XLA_FLAGS"])
+    )
+    assert not batching.configure_xla(env)  # already there: not twice
+    users = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"}
+    assert not batching.configure_xla(users)
+    assert users["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+    monkeypatch.setattr(batching.jaxlib, "__version__", "0.11.0")  # not measured: no flag
+    assert not batching.configure_xla({})
