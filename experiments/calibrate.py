@@ -82,6 +82,7 @@ def main(argv):
             f"--runs={FLAGS.runs}: calibrate on Omniglot 5-way 1-shot only (issue 10)."
         )
     splits, norm = data.load_splits(cfg, FLAGS.data_dir, FLAGS.cache_dir)
+    rundir.hold(FLAGS.out_dir)  # one calibrate.py per output folder, for the process's life
     logging.info("Calibrating %d reconstructions with %s.", len(recons), sorted(trained))
     records = calibration.calibrate(
         trained,

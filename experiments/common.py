@@ -6,6 +6,7 @@ Evaluation flags override the protocol of a scale (roa_jax/config.py `protocol`)
 unset keeps the scale's value.
 """
 
+import ast
 import logging
 import math
 import os
@@ -134,6 +135,19 @@ def _fail(message) -> None:
     sys.exit(1)
 
 
+def _unknown_field(error) -> str:
+    """ "unknown config field 'nway'; Did you mean ..." from ml_collections' error, whose text is
+    a KeyError's (quoted, its newline escaped)."""
+    text = str(error.args[0] if error.args else error)
+    if text[:1] in "'\"":
+        try:
+            text = ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            pass
+    field, _, hint = str(text).partition("\n")
+    return f"unknown config field {field}" + (f"; {' '.join(hint.split())}" if hint else "")
+
+
 def _parse_flags(argv):
     """absl's flag parsing, with a bad flag, config file or config field as one line naming it.
 
@@ -147,7 +161,7 @@ def _parse_flags(argv):
     except OSError as e:  # a --config.<field> override of a config file that did not load
         _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
     except (AttributeError, KeyError) as e:  # a --config.<field> the config does not have
-        _fail(f"unknown config field {e}: see the fields of Config in roa_jax/config.py.")
+        _fail(f"{_unknown_field(e)} (see the fields of Config in roa_jax/config.py).")
     for name in FLAGS:
         if config_flags.config_flags.is_config_flag(FLAGS[name]):
             try:

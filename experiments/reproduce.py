@@ -76,6 +76,7 @@ def main(argv):
     splits, norm = data.load_splits(configs["roa"], FLAGS.data_dir, FLAGS.cache_dir)
     for cfg in configs.values():
         data.check_splits(cfg, splits)
+    rundir.hold(results_dir)  # one reproduce.py per results folder, for the process's life
     kept = pathlib.Path(FLAGS.trained_dir) if FLAGS.trained_dir else None
     for m, cfg in configs.items():
         if kept and distributed.is_main() and rundir.adopt(kept / m, workdir / m):

@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from roa_jax import config as config_lib
-from roa_jax import device, distributed, evaluation, models, train
+from roa_jax import device, distributed, evaluation, models, rundir, train
 
 # (method, model, tuned rho?) in the order tables and figures list them.
 METHODS = (
@@ -161,7 +161,15 @@ def evaluate(
       saved_only: evaluate nothing: load every part saved in out_dir whatever its fingerprint
         (to score an earlier run again after a change of the claims); a part that is missing
         or was evaluated on other devices (labels) is an error.
+
+    Raises:
+      rundir.FolderInUse: another process is writing `out_dir`.
     """
+    with rundir.lock(out_dir):
+        return _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved_only)
+
+
+def _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved_only) -> dict:
     check_same_tasks(models_)
     parts_dir = pathlib.Path(out_dir, "parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +210,7 @@ def evaluate(
             _digest(meta),
         )
         if file.exists():
-            saved = json.loads(file.read_text())
+            saved = _read_saved(file)
             if saved.get("fingerprint") == fingerprint:
                 results["parts"][part.name] = saved
                 logging.info("Part %s: loaded from %s.", part.name, file)
@@ -232,9 +240,18 @@ def evaluate(
             "rows": evaluation.summarize(accs, part.grid),
         }
         if distributed.is_main():
-            file.write_text(json.dumps(record, indent=1))
+            rundir.write_atomic(file, json.dumps(record, indent=1))
         results["parts"][part.name] = record
     return finish(results) if len(devices) == 1 else results
+
+
+def _read_saved(file) -> dict:
+    """A saved part, or {} (evaluated again) where it does not parse."""
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError:
+        logging.warning("Part %s does not parse: evaluating it again.", file)
+        return {}
 
 
 def _read_part(file) -> dict:

@@ -1,7 +1,9 @@
 """The files of one meta-training run: config, checkpoints (orbax), best model, CSV, TensorBoard.
 
 <workdir>/config.json     the run's `Config`; a rerun with another config is refused
+         .lock            held (flock) by the one process writing the folder
          checkpoints/     orbax checkpoints of the whole train state (resume)
+         checkpoints.damaged/   checkpoints that failed to restore, moved aside
          best/, best.json the best-validation meta-parameters and their score
          train.csv, val.csv, tb/   metrics
 
@@ -12,17 +14,84 @@ which then resumes (or counts as finished) as the original would.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import json
+import os
 import pathlib
 import shutil
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from roa_jax import config as config_lib
 from roa_jax import distributed
+
+
+class FolderInUse(OSError):
+    """Another process holds the folder's lock."""
+
+
+_HELD: dict[str, list] = {}  # folder -> [open lock file, depth] of the locks this process holds
+
+
+@contextlib.contextmanager
+def lock(folder):
+    """Holds `folder`'s lock (created if missing) while the block runs: one writer at a time.
+
+    An exclusive `flock` on `<folder>/.lock`, which holds the holder's pid: the OS releases
+    it when the process ends, however it ends (kill -9 leaves no stale lock). A second
+    process raises `FolderInUse` naming the folder and the holder; the same process may
+    take it again (nested). Only process 0 of a multi-process run takes it (only it writes).
+    """
+    key = hold(folder)
+    try:
+        yield
+    finally:
+        if key is not None:
+            _HELD[key][1] -= 1
+            if not _HELD[key][1]:
+                _HELD.pop(key)[0].close()  # closing releases the flock
+
+
+def hold(folder) -> str | None:
+    """Takes `folder`'s lock (as `lock`) until the process ends; its key, None off process 0."""
+    if not distributed.is_main():
+        return None
+    folder = pathlib.Path(folder).expanduser().absolute()
+    key = str(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return key
+    folder.mkdir(parents=True, exist_ok=True)
+    file = open(folder / ".lock", "a+")  # noqa: SIM115 - held open while locked
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise FolderInUse(
+            f"{folder} is in use by another process (pid {holder}); wait for it to end, or "
+            "use another folder."
+        ) from None
+    file.truncate(0)
+    file.write(f"{os.getpid()}\n")
+    file.flush()
+    _HELD[key] = [file, 1]
+    return key
+
+
+def write_atomic(path, text: str) -> None:
+    """Writes `text` to `path` through a file beside it: a kill leaves the old file or the new."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class Workdir:
@@ -69,7 +138,7 @@ def claim(workdir: Workdir, cfg: config_lib.Config) -> None:
                 f"{diff}; use a new --workdir or the same settings to resume."
             )
     if distributed.is_main():
-        workdir.config_json.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        write_atomic(workdir.config_json, json.dumps(dataclasses.asdict(cfg), indent=1))
 
 
 class Csv:
@@ -144,31 +213,91 @@ def quiet_orbax() -> None:
 
 
 class Checkpoints:
-    """The run's orbax checkpoints: save every so often, restore the latest on resume."""
+    """The run's orbax checkpoints: save every so often, restore the newest sound one on resume."""
 
     def __init__(self, workdir: Workdir, max_to_keep: int = 2):
         self._dir = workdir.checkpoints
-        self._manager = ocp.CheckpointManager(
-            self._dir, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
-        )
+        self._damaged = workdir.path / "checkpoints.damaged"
+        with _orbax_silenced():  # it reads every checkpoint's metadata, damaged ones too
+            self._manager = ocp.CheckpointManager(
+                self._dir, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+            )
 
     def save(self, step: int, state) -> None:
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()
 
     def restore_latest(self, state):
-        """The latest checkpoint (with `state`'s structure), or `state` if there is none."""
-        step = self._manager.latest_step()
-        if step is None:
-            return state
-        try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(state))
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-            raise ValueError(
-                f"Checkpoint {self._dir}/{step} could not be restored ({type(e).__name__}: "
-                f"{str(e)[:200]}). Delete that folder to resume from the previous one, or use "
-                "a new --workdir."
-            ) from None
+        """The newest checkpoint that restores and checks (`state`'s shapes, finite values),
+        or `state` (step 0) if there is none.
+
+        Damaged newer ones (a kill during a disk write, a disk fault) are moved aside to
+        checkpoints.damaged/, with one warning naming them.
+        """
+        damaged, restored = {}, state
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                with _orbax_silenced():
+                    restored = self._manager.restore(step, args=ocp.args.StandardRestore(state))
+                _check_like(restored, state)
+                break
+            except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+                damaged[step] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+                restored = state
+        if damaged:
+            self._set_aside(damaged)
+        return restored
+
+    def _set_aside(self, damaged: dict) -> None:
+        if distributed.is_main():
+            self._damaged.mkdir(exist_ok=True)
+            for step in damaged:
+                dest, n = self._damaged / str(step), 1
+                while dest.exists():
+                    dest, n = self._damaged / f"{step}.{n}", n + 1
+                shutil.move(self._dir / str(step), dest)
+        distributed.barrier("rundir.restore_latest: damaged set aside")
+        self._manager.reload()
+        logging.warning(
+            "Checkpoints %s of %s do not restore (%s): moved to %s; resuming from %s.",
+            sorted(damaged),
+            self._dir,
+            "; ".join(f"{s}: {why}" for s, why in sorted(damaged.items())),
+            self._damaged,
+            f"step {self._manager.latest_step()}" if self._manager.latest_step() else "the start",
+        )
+
+
+def _check_like(restored, target) -> None:
+    """Raises if `restored` differs from `target` in structure, shapes or dtypes, or holds a
+    non-finite value."""
+    if jax.tree.structure(restored) != jax.tree.structure(target):
+        raise ValueError("its tree differs from the run's")
+    leaves = jax.tree_util.tree_flatten_with_path(restored)[0]
+    for (path, x), y in zip(leaves, jax.tree.leaves(target), strict=True):
+        name = jax.tree_util.keystr(path)
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape or x.dtype != y.dtype:
+            raise ValueError(f"{name} is {x.shape} {x.dtype}, not {y.shape} {y.dtype}")
+        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+            raise ValueError(f"{name} holds a non-finite value")
+
+
+class _DropAll:
+    def filter(self, record):
+        return "/orbax/" not in record.pathname
+
+
+@contextlib.contextmanager
+def _orbax_silenced():
+    """Hides orbax's own error lines and tracebacks while a restore is tried: a damaged
+    checkpoint is reported once, by `Checkpoints.restore_latest`."""
+    drop = _DropAll()
+    logging.get_absl_logger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.get_absl_logger().removeFilter(drop)
 
 
 def load_best(path, target):
@@ -201,7 +330,7 @@ def save_best(workdir: Workdir, meta, record: dict) -> None:
         if workdir.best.exists():
             shutil.rmtree(workdir.best)
         tmp.rename(workdir.best)
-        workdir.best_json.write_text(json.dumps(record, indent=1))
+        write_atomic(workdir.best_json, json.dumps(record, indent=1))
     distributed.barrier("rundir.save_best: renamed")
 
 
@@ -210,13 +339,16 @@ def finished(path) -> bool:
     path = pathlib.Path(path)
     if not all((path / name).exists() for name in ("config.json", "best", "checkpoints")):
         return False
-    return _latest_step(path) == read_config(path).total_steps
+    return latest_step(path) == read_config(path).total_steps
 
 
-def _latest_step(path) -> int | None:
+def latest_step(path) -> int | None:
     """The step of the latest checkpoint of the run in `path`, or None if it has none."""
     folder = (pathlib.Path(path) / "checkpoints").absolute()
-    return ocp.CheckpointManager(folder).latest_step() if folder.exists() else None
+    if not folder.exists():
+        return None
+    with _orbax_silenced():
+        return ocp.CheckpointManager(folder).latest_step()
 
 
 def read_best(workdir: Workdir) -> dict:
@@ -233,7 +365,7 @@ _NOT_EXPORTED = shutil.ignore_patterns("commit_success.txt")
 def export(path, dest) -> pathlib.Path:
     """Copies the run in `path` to `dest` (replaced): config, best, metrics, last checkpoint."""
     path, dest = pathlib.Path(path), pathlib.Path(dest)
-    latest = _latest_step(path)
+    latest = latest_step(path)
     if latest is None:
         raise FileNotFoundError(f"{path} has no checkpoint to export.")
     tmp = dest.with_name(dest.name + ".tmp")

@@ -192,10 +192,32 @@ def load_trained(path) -> tuple[Config, maml.MetaParams]:
     return cfg, rundir.load_best(rundir.Workdir(path).best, target)
 
 
+# The meta-loss is a cross-entropy over n_way classes: uniform guessing scores ln(n_way), where
+# training starts, and it falls from there. A logged meta-loss above this many times ln(n_way)
+# (16 nats at 5-way) is a network far worse than guessing: the mark of an inner or meta learning
+# rate that blew up (inner_lr=1e6 reaches 7.7e6 by step 50), not of noise in a healthy run.
+DIVERGED = 10.0
+
+
+def check_loss(metrics: dict, step: int, cfg: Config, workdir: rundir.Workdir) -> None:
+    """Raises FloatingPointError, naming the likely flags, on a non-finite or diverged loss."""
+    limit = DIVERGED * math.log(cfg.n_way)
+    finite = all(math.isfinite(v) for v in metrics.values())
+    if finite and metrics["loss"] <= limit:
+        return
+    what = "diverged" if finite else "non-finite"
+    raise FloatingPointError(
+        f"meta-loss {what} at step {step} ({metrics['loss']:.4g}; the limit is "
+        f"{DIVERGED:g} x ln(n_way) = {limit:.3g}): lower --config.inner_lr "
+        f"({cfg.inner_lr:g}) or --config.meta_lr ({cfg.meta_lr:g}). The last checkpoint "
+        f"(step {rundir.latest_step(workdir.path)}) is in {workdir.checkpoints}."
+    )
+
+
 def fit(
     cfg: Config, workdir, data_dir=None, cache_dir=None, stop_after_steps=None, export_to=None
 ) -> dict:
-    """Meta-trains per `cfg` in `workdir`, resuming from its latest checkpoint.
+    """Meta-trains per `cfg` in `workdir`, resuming from its latest sound checkpoint.
 
     Args:
       cfg: validated configuration.
@@ -209,8 +231,17 @@ def fit(
 
     Returns:
       {'best_val_accuracy', 'best_step', 'step'}.
+
+    Raises:
+      rundir.FolderInUse: another process is writing `workdir`.
+      FloatingPointError: the meta-loss diverged (`check_loss`).
     """
     workdir = rundir.Workdir(workdir)
+    with rundir.lock(workdir.path):
+        return _fit(cfg, workdir, data_dir, cache_dir, stop_after_steps, export_to)
+
+
+def _fit(cfg, workdir, data_dir, cache_dir, stop_after_steps, export_to) -> dict:
     mesh = distributed.training_mesh(cfg.data_parallel, cfg.meta_batch_size)
     rundir.claim(workdir, cfg)
     splits, norm = data.load_splits(cfg, data_dir, cache_dir)
@@ -274,12 +305,7 @@ def fit(
         done_since_log += 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.total_steps:
             metrics = {name: float(v) for name, v in metrics.items()}
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise FloatingPointError(
-                    f"Non-finite meta-loss at step {step + 1}: {metrics}. Lower "
-                    f"config.meta_lr or config.inner_lr; the last good checkpoint is in "
-                    f"{workdir.checkpoints}."
-                )
+            check_loss(metrics, step + 1, cfg, workdir)
             rate = done_since_log / (time.time() - t0)
             logging.info(
                 "step %d/%d epoch %d loss %.4f acc %.3f | %.2f steps/s, ETA %.0f min",

@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import chex
 import jax.numpy as jnp
@@ -62,18 +65,98 @@ def test_checkpoints_restore_the_latest(tmp_path):
     chex.assert_trees_all_equal(checkpoints.restore_latest(target), _state(2.0))
 
 
-def test_corrupt_checkpoint_gives_a_clear_error_naming_the_folder(tmp_path):
-    workdir = rundir.Workdir(tmp_path)
-    rundir.Checkpoints(workdir).save(3, _state())
-    files = [f for f in (workdir.checkpoints / "3").rglob("*") if f.is_file()]
+def _damage(folder):
+    files = [f for f in folder.rglob("*") if f.is_file() and f.stat().st_size > 0]
     assert files
     for f in files:
-        if f.stat().st_size > 0:
-            f.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could not be restored") as error:
-        rundir.Checkpoints(workdir).restore_latest(_state())
-    assert f"{workdir.checkpoints}/3" in str(error.value)
-    assert "Delete that folder" in str(error.value)
+        f.write_bytes(b"garbage")
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_restored(tmp_path, caplog):
+    workdir = rundir.Workdir(tmp_path)
+    checkpoints = rundir.Checkpoints(workdir)
+    for step in (3, 4):
+        checkpoints.save(step, _state(float(step)))
+    _damage(workdir.checkpoints / "4")
+    with caplog.at_level("WARNING"):
+        restored = rundir.Checkpoints(workdir).restore_latest(_state(0.0))
+    chex.assert_trees_all_equal(restored, _state(3.0))
+    assert sorted(p.name for p in workdir.checkpoints.iterdir()) == ["3"]
+    assert (tmp_path / "checkpoints.damaged" / "4").is_dir()  # moved aside, not deleted
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "[4]" in warning.getMessage() and "resuming from step 3" in warning.getMessage()
+    assert rundir.latest_step(tmp_path) == 3
+    # Saved again at 4, the new 4 restores; a second damaged 4 does not overwrite the first.
+    rundir.Checkpoints(workdir).save(4, _state(4.0))
+    _damage(workdir.checkpoints / "4")
+    chex.assert_trees_all_equal(
+        rundir.Checkpoints(workdir).restore_latest(_state(0.0)), _state(3.0)
+    )
+    assert sorted(p.name for p in (tmp_path / "checkpoints.damaged").iterdir()) == ["4", "4.1"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _state(float("nan")),  # a non-finite value
+        {"meta": _state()["meta"], "step": jnp.zeros(2, jnp.int32)},  # another shape
+    ],
+    ids=["nan", "shape"],
+)
+def test_a_checkpoint_that_restores_but_does_not_check_is_skipped(tmp_path, bad):
+    workdir = rundir.Workdir(tmp_path)
+    rundir.Checkpoints(workdir).save(3, _state(3.0))
+    rundir.Checkpoints(workdir).save(4, bad)
+    chex.assert_trees_all_equal(
+        rundir.Checkpoints(workdir).restore_latest(_state(0.0)), _state(3.0)
+    )
+
+
+def test_with_every_checkpoint_damaged_the_run_starts_over(tmp_path):
+    workdir = rundir.Workdir(tmp_path)
+    rundir.Checkpoints(workdir).save(3, _state())
+    _damage(workdir.checkpoints / "3")
+    target = _state(0.0)
+    assert rundir.Checkpoints(workdir).restore_latest(target) is target
+    assert not list(workdir.checkpoints.iterdir())
+    assert (tmp_path / "checkpoints.damaged" / "3").is_dir()
+
+
+_HOLDER = """
+import sys, time
+from roa_jax import rundir
+with rundir.lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(folder):
+    """A process holding `folder`'s lock (after it printed 'held')."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_one_writer_per_folder_and_kill_9_leaves_no_stale_lock(tmp_path):
+    holder = _holder(tmp_path / "run")
+    try:
+        with pytest.raises(rundir.FolderInUse, match=f"pid {holder.pid}") as error:
+            with rundir.lock(tmp_path / "run"):
+                pass
+        assert str(tmp_path / "run") in str(error.value)
+    finally:
+        holder.kill()  # SIGKILL: the OS drops its lock
+        holder.wait()
+    with rundir.lock(tmp_path / "run"):
+        with rundir.lock(tmp_path / "run"):  # the same process may nest it
+            pass
+        assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
+    holder = _holder(tmp_path / "run")  # released when the block ended
+    holder.kill()
+    holder.wait()
 
 
 def test_csv_drops_rows_after_the_restored_step(tmp_path):

@@ -3,6 +3,8 @@
 import dataclasses
 import functools
 import json
+import subprocess
+import sys
 
 import chex
 import flax.linen as nn
@@ -103,7 +105,7 @@ def test_fit_exports_the_run_at_every_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(
         rundir,
         "export",
-        lambda path, dest: exported.append(rundir._latest_step(path)) or export(path, dest),
+        lambda path, dest: exported.append(rundir.latest_step(path)) or export(path, dest),
     )
     train.fit(cfg, tmp_path / "run", stop_after_steps=4, export_to=kept)
     assert exported == [3, 4]  # checkpoint_every, then the stop
@@ -284,3 +286,46 @@ def test_first_order_annealing():
     cfg = dataclasses.replace(TINY, first_order_epochs=2)
     assert [train.first_order_at(cfg, e) for e in range(4)] == [True, True, False, False]
     assert not train.first_order_at(dataclasses.replace(cfg, num_inner_steps=0), 0)
+
+
+def test_a_diverging_run_stops_naming_the_flags(tmp_path):
+    cfg = dataclasses.replace(TINY, inner_lr=1e6)
+    with pytest.raises(FloatingPointError, match="diverged at step 2") as error:
+        train.fit(cfg, tmp_path / "run")
+    assert "--config.inner_lr (1e+06)" in str(error.value)
+    assert str(tmp_path / "run" / "checkpoints") in str(error.value)
+
+
+def test_check_loss_limit_is_ten_times_chance_cross_entropy(tmp_path):
+    workdir = rundir.Workdir(tmp_path)
+    limit = 10 * np.log(TINY.n_way)
+    train.check_loss({"loss": limit, "accuracy": 0.2}, 2, TINY, workdir)
+    for loss, what in ((limit * 1.001, "diverged"), (float("nan"), "non-finite")):
+        with pytest.raises(FloatingPointError, match=what):
+            train.check_loss({"loss": loss, "accuracy": 0.2}, 2, TINY, workdir)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train.check_loss({"loss": 1.0, "accuracy": float("inf")}, 2, TINY, workdir)
+
+
+def test_fit_refuses_a_folder_another_process_writes(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(rundir.FolderInUse, match=f"pid {holder.pid}"):
+            train.fit(TINY, tmp_path / "run")
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train.fit(TINY, tmp_path / "run")["step"] == TINY.total_steps
+
+
+_HOLD = """
+import sys, time
+from roa_jax import rundir
+with rundir.lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
