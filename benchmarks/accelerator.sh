@@ -2,6 +2,7 @@
 # The accelerator check, in under 10 minutes on a GPU machine (each stage has a time limit):
 #   1. the meta-step time per task shape (Omniglot 5-way and 20-way, miniImageNet):
 #      benchmarks/meta_step.py, conv4-64, vmap (the accelerator default) against unroll;
+#      the evaluation sweep's per-task accuracies, vmap against the loop (equal: issue 31);
 #   2. sweep and meta-step throughput at 1 and all devices: benchmarks/scaling.py;
 #   3. a short full-scale Omniglot run: meta_train.py with conv4-64, 28x28, 5-way 1-shot,
 #      data parallel over all devices, $EPOCHS x $STEPS meta-steps (second order after the
@@ -26,6 +27,10 @@ batch=$(((8 + devices - 1) / devices * devices)) # 8 tasks, or a multiple of the
 echo "== 1. meta-step (benchmarks/meta_step.py)"
 timeout 240 python benchmarks/meta_step.py --notorch --noreference --inner_steps=1 \
   --strategies=vmap,unroll --width="$width" --repeats=5 || echo "meta_step.py: failed or timed out"
+
+echo "== 1b. the accelerator's sweep (vmap) against the loop of single-point programs (benchmarks/sweep.py)"
+timeout 120 python benchmarks/sweep.py --tasks=96 --levels=4 --width="$width" \
+  --strategies=vmap,loop || echo "sweep.py: failed or timed out"
 
 echo "== 2. scaling over 1 and $devices devices (benchmarks/scaling.py)"
 counts=1

@@ -14,11 +14,14 @@ batching" and "Sweeps"; benchmarks/meta_step.py and benchmarks/sweep.py):
     partitioner (a plain jit with the task axis sharded), a second-order meta-step ran 9x
     (unroll) and 6x (vmap) slower than on one device (4 forced CPU devices, conv4-8);
   - XLA:CPU's library for convolutions (`configure_xla`, applied when roa_jax is imported):
-    Eigen, not YNNPACK.
+    Eigen, not YNNPACK;
+  - the float32 precision of an evaluation sweep's convolutions and dots (`sweep_precision`):
+    full float32 everywhere, so that every strategy and backend gives the same accuracies.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -65,6 +68,29 @@ def default_strategy(backend: str | None = None) -> str:
 def default_grid_strategy(backend: str | None = None) -> str:
     """Grid points of a sweep: 'loop' (of single-point programs) on XLA:CPU, 'vmap' elsewhere."""
     return "loop" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def sweep_precision(backend: str | None = None) -> str | None:
+    """`jax.default_matmul_precision` of evaluation sweeps: 'highest' on accelerators, None on CPU.
+
+    An accelerator's default float32 passes (TF32 on recent GPUs, bfloat16 passes on TPU) round
+    a batched (vmap) convolution differently from a per-point one by ~1e-3 of the value, enough
+    to move a rounded pulse count or a near-tied query: the vmapped sweep then differed from the
+    loop of single-point programs on a GPU (issue 31). XLA:CPU computes float32 in full either
+    way, and its default leaves the library choices of `configure_xla` untouched.
+    """
+    return None if (backend or jax.default_backend()) == "cpu" else "highest"
+
+
+def in_sweep_precision(fn):
+    """`fn` run under `jax.default_matmul_precision(sweep_precision())`."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision(sweep_precision()):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def check(strategy: str, allowed=STRATEGIES) -> str:

@@ -158,6 +158,7 @@ def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting,
 _sweep_chunk_jit = jax.jit(_sweep_chunk, static_argnames=("setting", "strategy"))
 
 
+@batching.in_sweep_precision
 def sweep(
     key,
     meta,

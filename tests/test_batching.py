@@ -84,6 +84,8 @@ def test_defaults_per_backend():
     assert batching.default_strategy("gpu") == batching.default_strategy("tpu") == "vmap"
     assert batching.default_grid_strategy("cpu") == "loop"
     assert batching.default_grid_strategy("gpu") == "vmap"
+    assert batching.sweep_precision("cpu") is None
+    assert batching.sweep_precision("gpu") == batching.sweep_precision("tpu") == "highest"
     backend = jax.default_backend()
     assert batching.default_strategy() == batching.default_strategy(backend)
     assert batching.default_grid_strategy() == batching.default_grid_strategy(backend)
