@@ -77,6 +77,30 @@ def test_every_model_config_validates(task, model, scale):
     assert cfg.total_steps >= 1
 
 
+@pytest.mark.parametrize("scale", ["cpu", "cpu_long", "paper"])
+def test_every_model_of_a_task_meets_the_same_tasks(scale):
+    # Issue 33: the paper trains every scheme for the same epochs and iterations.
+    for task in config.TASKS:
+        budgets = {
+            model: (cfg.total_steps * cfg.meta_batch_size, cfg.first_order_epochs, cfg.width)
+            for model in config.task_models(task)
+            for cfg in [config.model_config(task, model, scale)]
+        }
+        assert len(set(budgets.values())) == 1, (task, budgets)
+
+
+def test_the_tasks_as_the_paper_states_them():
+    mini = config.model_config("miniimagenet_5w1s", "roa", "cpu")
+    assert (mini.width, mini.image_size, mini.meta_batch_size) == (64, 84, 2)
+    assert config.model_config("omniglot_20w1s_w128", "roa", "cpu").width == 128
+    five_way = config.model_config("omniglot_5w1s", "five_step", "cpu_long")
+    assert (five_way.total_steps, five_way.meta_batch_size, five_way.first_order_epochs) == (
+        6000,
+        8,
+        10,
+    )
+
+
 def test_model_config_rejects_unknown_names():
     for args, message in (
         (("omniglot_3w1s", "roa", "tiny"), "--task='omniglot_3w1s'"),

@@ -2,8 +2,8 @@
 
 Software pre-training with the ROA constraint (k = 4, lambda_c = 0.1), then meta_train.py
 evaluates the best-validation checkpoint with the paper protocol (the paper found rho about 4
-for miniImageNet at acceptable noise). The task's MAML++ settings (84x84x3, conv4-48, meta-batch
-2, inner LR 0.01, second order throughout; the ROA paper's text says 64 filters) are
+for miniImageNet at acceptable noise). The task's settings (MAML++'s 84x84x3, meta-batch 2,
+inner LR 0.01, second order throughout; 64 filters, as the ROA paper's text says) are
 config.TASKS['miniimagenet_5w1s']; this adds the paper-scale schedule of a single run. Classes:
 the standard Ravi & Larochelle split, 64/16/20 (the paper reports 64/12/24), read from
 $ROA_DATA_DIR/miniimagenet/ (README, "Data").
