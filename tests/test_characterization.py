@@ -116,28 +116,35 @@ def test_outputs_obey_the_physics(tmp_path):
 
 @pytest.mark.parametrize("law", device.NOISE_LAWS)
 def test_write_noise_sweep_follows_each_law(law):
-    # Small noise (a few uS, far from the bounds): the spread is the law's std, and the law's
-    # dependence on the update (+1 vs +5 pulses) is its stated form. per_pulse catches a pulse
+    # Small noise (a few uS, far from the bounds): the spread is the law's std, written out here
+    # from MODEL.md 1 (not from device.noise_std): n nominal pulses from w = 0.5 change w by
+    # 0.5 (1 - exp(-a n)), a = lam |exp(eta1 V) - exp(-eta2 V)| t_p. per_pulse catches a pulse
     # count not passed to device.noise_std.
-    params = device.with_noise(PAPER, law, 1.5)
+    scale = 1.5
+    params = device.with_noise(PAPER, law, scale)
     sigma_w = {"sqrt": 0.02, "linear": 0.05, "per_pulse": 0.1, "range": 0.01}[law]
     rows = characterization.write_noise_sweep(jax.random.PRNGKey(0), params, [sigma_w], 40_000)
     assert [r["pulses"] for r in rows] == list(characterization.NOISE_PULSES)
-    by_pulses = {r["pulses"]: r for r in rows}
+    span = 8e-5 * math.sinh(1.7 * 0.1) / 0.1 - 1e-6 * -math.expm1(-0.5 * 0.1) / 0.1  # Eq. 3
+    lam, eta1, eta2, t_p = (float(x) for x in (PAPER.lam, PAPER.eta1, PAPER.eta2, PAPER.t_p))
     for r in rows:
+        n = r["pulses"]
+        v = float(PAPER.v_set if n > 0 else PAPER.v_reset)
+        a = lam * abs(math.exp(eta1 * v) - math.exp(-eta2 * v)) * t_p
+        dg = math.copysign(span * 0.5 * -math.expm1(-a * abs(n)), n)
+        unit = {
+            "sqrt": math.sqrt(abs(dg) * span),
+            "linear": abs(dg),
+            "per_pulse": abs(dg) / math.sqrt(abs(n)),
+            "range": span,
+        }[law]
+        std_us = scale * sigma_w * unit * 1e6
         assert r["clipped_fraction"] == 0
-        np.testing.assert_allclose(r["std_measured_uS"], r["std_eq7_uS"], rtol=0.03)
-        np.testing.assert_allclose(r["std_eq7_clipped_uS"], r["std_eq7_uS"], rtol=1e-6)
-    g_min, g_max = device.conductance_range(PAPER)
-    span_us = float(g_max - g_min) * 1e6
-    one, five = by_pulses[1], by_pulses[5]
-    ratio = five["dG_actual_uS"] / one["dG_actual_uS"]
-    expected = {"sqrt": math.sqrt(ratio), "linear": ratio, "per_pulse": ratio / 5**0.5}
-    np.testing.assert_allclose(
-        five["std_eq7_uS"] / one["std_eq7_uS"], expected.get(law, 1.0), rtol=1e-4
-    )
-    if law == "range":
-        np.testing.assert_allclose(one["std_eq7_uS"], 1.5 * sigma_w * span_us, rtol=1e-5)
+        np.testing.assert_allclose(r["dG_actual_uS"], dg * 1e6, rtol=1e-5)
+        np.testing.assert_allclose(r["std_eq7_uS"], std_us, rtol=1e-5)
+        np.testing.assert_allclose(r["std_eq7_clipped_uS"], std_us, rtol=1e-5)
+        # 40k devices: the sample std is within 3 % (about 8 standard errors).
+        np.testing.assert_allclose(r["std_measured_uS"], std_us, rtol=0.03)
 
 
 def test_pulses_to_reach_matches_the_closed_form():

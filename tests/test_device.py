@@ -68,17 +68,6 @@ class DeviceTest(parameterized.TestCase):
         sym = device.soft_bounds()
         np.testing.assert_allclose(*device.pulse_rates(sym), rtol=1e-6)
 
-    @parameterized.parameters("paper", "soft_bounds", "linear_step")
-    def test_closed_form_equals_pulse_loop(self, name):
-        p = device.preset(name)
-        for w0 in (0.0, 0.37, 1.0):
-            for n in (1, 7, 25, -1, -9, -31):
-                np.testing.assert_allclose(
-                    device.pulse_response(w0, float(n), p),
-                    device.pulse_response_loop(jnp.float32(w0), n, p),
-                    atol=2e-6,
-                )
-
     def test_pulse_count_rounding_and_threshold(self):
         g = _mid_g(PAPER, (5,))
         up, down = device.nominal_steps(PAPER)
@@ -116,19 +105,6 @@ class DeviceTest(parameterized.TestCase):
         for policy in (device.open_loop(), device.model_inverse()):
             g_new, _ = device.write(keys[2], g, dg, PAPER, sigma_w=5.0, policy=policy)
             self.assertTrue(bool(jnp.all((g_new >= g_min) & (g_new <= g_max))))
-
-    def test_gradients_through_write_are_finite_and_nonzero(self):
-        g = jnp.linspace(1e-5, 1.2e-4, 64)
-        up, _ = device.nominal_steps(PAPER)
-        dg = jnp.linspace(-5, 5, 64) * up  # includes zero-pulse devices
-
-        def loss(g, dg):
-            g_new, _ = device.write(jax.random.PRNGKey(5), g, dg, PAPER, sigma_w=1.0)
-            return jnp.sum(g_new**2) * 1e8
-
-        grads = jax.grad(loss, argnums=(0, 1))(g, dg)
-        chex.assert_tree_all_finite(grads)
-        self.assertGreater(float(jnp.sum(jnp.abs(grads[1]))), 0.0)
 
     def test_straight_through_gradient_reaches_zero_pulse_devices(self):
         # An update under half a step writes nothing, yet d(g_new)/d(dg) is the slope of the
@@ -231,29 +207,6 @@ def _expected_std(law, dg, n, params, sigma_w):
 
 
 @pytest.mark.parametrize("law", device.NOISE_LAWS)
-def test_empirical_write_noise_equals_noise_std(law):
-    # 100k devices at mid range, each given the same 4-pulse increase, with noise a few uS wide
-    # (far from both bounds, so the clip does not matter): the spread of the written
-    # conductance is the law's std within 3 %, and the noise has mean 0.
-    params = device.with_noise(PAPER, law, 1.0)
-    shape = (100_000,)
-    g = _mid_g(params, shape)
-    up, _ = device.nominal_steps(params)
-    dg = jnp.full(shape, 4 * up)
-    g_clean, _ = device.write(jax.random.PRNGKey(4), g, dg, params, 0.0)
-    unit = float(device.noise_std(g_clean[0] - g[0], 4.0, params, 1.0))
-    sigma_w = 3e-6 / unit  # std 3 uS; G_max is ~40 uS above g_clean
-    g_new, n = device.write(jax.random.PRNGKey(4), g, dg, params, sigma_w)
-    np.testing.assert_array_equal(n, 4.0)
-    expected = device.noise_std(g_clean[0] - g[0], 4.0, params, sigma_w)
-    np.testing.assert_allclose(expected, 3e-6, rtol=1e-5)
-    g_min, g_max = device.conductance_range(params)
-    assert bool(jnp.all((g_new > g_min) & (g_new < g_max)))  # nothing clipped
-    chex.assert_trees_all_close(jnp.std(g_new - g_clean), expected, rtol=0.03)
-    chex.assert_trees_all_close(jnp.mean(g_new - g_clean), 0.0, atol=0.02 * expected)
-
-
-@pytest.mark.parametrize("law", device.NOISE_LAWS)
 def test_each_law_has_its_stated_form(law):
     up, _ = device.nominal_steps(PAPER)
     params = device.with_noise(PAPER, law)
@@ -311,6 +264,8 @@ def test_vmap_over_noise_laws_equals_loop():
 
 @pytest.mark.parametrize("law", device.NOISE_LAWS)
 def test_gradients_through_write_are_finite_under_every_law(law):
+    # At the kinks (bounds, dG = 0, zero pulses), where no difference quotient applies; away
+    # from them tests/test_equations.py checks the values against central differences.
     params = device.with_noise(PAPER, law, 1.0)
     g_min, g_max = device.conductance_range(params)
     up, _ = device.nominal_steps(params)
@@ -326,7 +281,6 @@ def test_gradients_through_write_are_finite_under_every_law(law):
     np.testing.assert_array_equal(n[-3:], [3.0, -3.0, 0.0])
     np.testing.assert_array_equal(n[30], 0.0)  # dG = 0 in the sweep
     chex.assert_tree_all_finite(grads)
-    assert float(jnp.sum(jnp.abs(grads[1]))) > 0.0
     std_grad = jax.grad(lambda d: device.noise_std(d, 2.0, params, 1.0))(0.0)
     chex.assert_tree_all_finite(std_grad)
 
