@@ -4,8 +4,8 @@ r"""Sweep and meta-step throughput on 1, 2, 4, ... devices, as speed-up over 1 d
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/scaling.py --width=8
 
 The sweep: ROA's one-step hardware adaptation of a conv4 (paper device, open-loop writes) at
---points noise levels x --tasks tasks, its grid split over the devices (distributed.sweep;
-each device maps its points with the backend's strategy). The meta-step: one second-order
+--points noise levels x --tasks tasks, its grid split over the devices (evaluation.sweep with a
+mesh; each device maps its points with the backend's strategy). The meta-step: one second-order
 MAML++ step of --meta_batch tasks, data parallel (distributed.data_parallel) from 2 devices
 on. Prints seconds (median of --repeats after a warm-up compile), throughput, the speed-up
 over 1 device measured in the same run, and the largest difference from the 1-device

@@ -13,6 +13,7 @@ import time
 import common
 from absl import flags, logging
 
+from roa_jax import errors
 from roa_jax.data import miniimagenet
 
 _DATA_DIR = flags.DEFINE_string(
@@ -36,17 +37,17 @@ _SPLITS = flags.DEFINE_list(
 def main(argv):
     del argv
     if not _DATA_DIR.value:
-        raise ValueError(
+        raise errors.DataError(
             "--data_dir is not set and ROA_DATA_DIR is unset: point either at a folder "
             "with a miniimagenet/ subfolder."
         )
     splits = _SPLITS.value or miniimagenet.available_splits(_DATA_DIR.value)
     unknown = sorted(set(splits) - set(miniimagenet.SPLITS))
     if unknown:
-        raise ValueError(f"--splits has {unknown}: use names from {miniimagenet.SPLITS}.")
+        raise errors.ConfigError(f"--splits has {unknown}: use names from {miniimagenet.SPLITS}.")
     if not splits:
         logging.error(miniimagenet.MANUAL_DOWNLOAD_INSTRUCTIONS)
-        raise ValueError(
+        raise errors.DataError(
             f"--data_dir={_DATA_DIR.value} has no miniImageNet split (zip and CSV in its "
             "miniimagenet/ subfolder; see the instructions above)."
         )

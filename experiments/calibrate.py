@@ -20,7 +20,7 @@ import sys
 import common
 from absl import flags, logging
 
-from roa_jax import calibration, data, device, distributed, rundir, train
+from roa_jax import calibration, data, device, distributed, errors, rundir, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -63,7 +63,7 @@ def main(argv):
         )
     unknown = set(FLAGS.laws) - set(device.NOISE_LAWS)
     if unknown:
-        raise ValueError(
+        raise errors.ConfigError(
             f"--laws={','.join(FLAGS.laws)}: {sorted(unknown)} not in {device.NOISE_LAWS}."
         )
     granularities = common.floats("granularities")
@@ -78,7 +78,7 @@ def main(argv):
     trained = {m: train.load_trained(p) for m, p in folders.items() if rundir.finished(p)}
     cfg = trained["roa"][0]
     if (cfg.dataset, cfg.n_way, cfg.k_shot) != ("omniglot", 5, 1):
-        raise ValueError(
+        raise errors.RunFolderError(
             f"--runs={FLAGS.runs}: calibrate on Omniglot 5-way 1-shot only (issue 10)."
         )
     splits, norm = data.load_splits(cfg, FLAGS.data_dir, FLAGS.cache_dir)

@@ -22,7 +22,7 @@ import math
 import common
 from absl import flags
 
-from roa_jax import characterization, device, fitting
+from roa_jax import characterization, device, errors, fitting
 
 _DEVICE = flags.DEFINE_string(
     "device", "paper", f"Device preset ({', '.join(device.PRESETS)}) or a .json params file."
@@ -63,7 +63,7 @@ _SAVE_FITTED = flags.DEFINE_string(
 
 def _int_in(flag, low, high):
     if not low <= flag.value <= high:
-        raise ValueError(f"--{flag.name}={flag.value} must be in [{low}, {high}].")
+        raise errors.ConfigError(f"--{flag.name}={flag.value} must be in [{low}, {high}].")
     return flag.value
 
 
@@ -74,7 +74,7 @@ def _sigma_ws():
     except ValueError:
         values = []
     if not values or not all(math.isfinite(s) and s >= 0 for s in values):
-        raise ValueError(
+        raise errors.ConfigError(
             f"--sigma_w={text}: give a non-empty comma list of finite numbers >= 0 "
             "(the dimensionless write-noise level of Eq. 7)."
         )
@@ -84,34 +84,30 @@ def _sigma_ws():
 def _params():
     try:
         params = device.validate(device.preset(_DEVICE.value))
-    except ValueError as e:
-        raise ValueError(f"--device={_DEVICE.value}: {e}") from None
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"--device={_DEVICE.value}: {e}") from None
+    except errors.UserError as e:
+        raise type(e)(f"--device={_DEVICE.value}: {e}") from None
     if _NOISE_LAW.value not in device.NOISE_LAWS:
-        raise ValueError(
+        raise errors.ConfigError(
             f"--noise_law={_NOISE_LAW.value} must be one of {', '.join(device.NOISE_LAWS)}."
         )
     scale = _NOISE_SCALE.value
     if not (math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"--noise_scale={scale} must be finite and >= 0.")
+        raise errors.ConfigError(f"--noise_scale={scale} must be finite and >= 0.")
     return device.with_noise(params, _NOISE_LAW.value, scale)
 
 
 def _measured(params):
     if _SAVE_FITTED.value and not _FIT.value:
-        raise ValueError(f"--save_fitted={_SAVE_FITTED.value} needs --fit.")
+        raise errors.ConfigError(f"--save_fitted={_SAVE_FITTED.value} needs --fit.")
     if _SAVE_FITTED.value and not _SAVE_FITTED.value.endswith(".json"):
-        raise ValueError(f"--save_fitted={_SAVE_FITTED.value} must end in .json.")
+        raise errors.ConfigError(f"--save_fitted={_SAVE_FITTED.value} must end in .json.")
     if not _FIT.value:
         return None
     g_range = tuple(float(g) for g in device.conductance_range(params))
     try:
         return fitting.load_curves(_FIT.value, norm_range=g_range)
-    except ValueError as e:
-        raise ValueError(f"--fit={_FIT.value}: {e}") from None
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"--fit={_FIT.value}: {e}") from None
+    except errors.UserError as e:
+        raise type(e)(f"--fit={_FIT.value}: {e}") from None
 
 
 def main(argv):
@@ -122,7 +118,7 @@ def main(argv):
     fit_steps = _int_in(_FIT_STEPS, 1, 100_000)
     sigma_ws = _sigma_ws()
     if not _OUT_DIR.value:
-        raise ValueError("--out_dir must not be empty.")
+        raise errors.ConfigError("--out_dir must not be empty.")
     params = _params()
     measured = _measured(params)
     characterization.run(

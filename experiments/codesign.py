@@ -4,7 +4,7 @@ r"""Co-design: the device ROA needs, by gradients of its post-write loss (issue 
       --device=paper --sigma_w=0.5,1,2 --out_dir=results/codesign
 
 For a meta-trained network (a meta_train.py run folder) and a starting device (--device, a
-preset or a .json; its noise law and scale are kept), roa_jax/codesign.py `run_study`:
+preset or a .json; its noise law and scale are kept), roa_jax/codesign/study.py `run_study`:
   1. picks the preset's rho per noise level on --val_tasks validation tasks (ROA's protocol);
   2. check: the straight-through gradient beside central differences of the exact write, on
      the preset and on the preset --check_granularity times finer (gradient_check.csv/.md);
@@ -30,7 +30,7 @@ import time
 import common
 from absl import flags
 
-from roa_jax import codesign, data, device, rundir, train
+from roa_jax import codesign, data, device, errors, rundir, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "runs/reproduce/omniglot_5w1s_cpu/roa", "meta_train.py run folder.")
@@ -100,8 +100,8 @@ def main(argv):
     )
     try:
         base = codesign.check_base(device.preset(FLAGS.device))
-    except ValueError as e:
-        raise ValueError(f"--device={FLAGS.device}: {e}") from None
+    except errors.DeviceError as e:
+        raise errors.DeviceError(f"--device={FLAGS.device}: {e}") from None
     cfg, meta = train.load_trained(common.check_run_folder("model", FLAGS.model))
     problem = codesign.Problem(
         train.build_model(cfg),

@@ -1,6 +1,6 @@
 """What the binaries share: the data, evaluation and multi-process flags (defined and checked
-once), `init_processes`, and `run`, which prints a user's mistake as one line instead of a
-traceback.
+once), `init_processes`, and `run`, which prints a user's mistake (`errors.UserError`) as one
+line instead of a traceback.
 
 Evaluation flags override the protocol of a scale (roa_jax/config.py `protocol`): each left
 unset keeps the scale's value.
@@ -12,7 +12,6 @@ import math
 import os
 import pathlib
 import sys
-import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,7 +20,7 @@ _ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
 from roa_jax import config as config_lib  # noqa: E402
-from roa_jax import distributed, rundir  # noqa: E402
+from roa_jax import distributed, errors, rundir  # noqa: E402
 
 ROOT = _ROOT
 FLAGS = flags.FLAGS
@@ -82,17 +81,19 @@ def define_protocol_flags(default_scale: str) -> None:
 
 
 def floats(name: str) -> tuple:
-    """The finite numbers of list flag --`name`; a ValueError naming the flag otherwise."""
+    """The finite numbers of list flag --`name`; a ConfigError naming the flag otherwise."""
     values = []
     for text in FLAGS[name].value:
         try:
             x = float(text)
         except ValueError:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"--{name}={','.join(FLAGS[name].value)}: {text!r} is not a number."
             ) from None
         if not math.isfinite(x):
-            raise ValueError(f"--{name}={','.join(FLAGS[name].value)}: {text!r} is not finite.")
+            raise errors.ConfigError(
+                f"--{name}={','.join(FLAGS[name].value)}: {text!r} is not finite."
+            )
         values.append(x)
     return tuple(values)
 
@@ -116,17 +117,12 @@ def protocol(scale: str | None = None, task: str | None = None) -> config_lib.Pr
 def check_run_folder(flag: str, path: str) -> str:
     """`path` if it is a meta_train.py run folder that finished training; else an error."""
     if not pathlib.Path(path, "config.json").exists():
-        raise FileNotFoundError(f"--{flag}={path}: no config.json there; meta-train it first.")
+        raise errors.RunFolderError(f"--{flag}={path}: no config.json there; meta-train it first.")
     if not rundir.finished(path):
-        raise ValueError(f"--{flag}={path}: its meta-training has not finished; rerun it first.")
+        raise errors.RunFolderError(
+            f"--{flag}={path}: its meta-training has not finished; rerun it first."
+        )
     return path
-
-
-def _ours(error: BaseException) -> bool:
-    """Whether `error` was raised by a check of this project (not deep inside a library)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    here = (str(_ROOT / "roa_jax"), str(_ROOT / "experiments"))
-    return bool(frames) and frames[-1].filename.startswith(here)
 
 
 def _fail(message) -> None:
@@ -172,12 +168,13 @@ def _parse_flags(argv):
 
 
 def run(main) -> None:
-    """`app.run(main)`, with the project's own errors as one line on stderr (exit status 1).
+    """`app.run(main)`, with a user's mistake as one line on stderr (exit status 1).
 
-    Bad flags, configs, data files and checkpoints are raised by the checks as ValueError,
-    OSError (FileNotFoundError, ConnectionError) or FloatingPointError (a non-finite loss);
-    set ROA_DEBUG=1 to see their tracebacks. Any other exception keeps its traceback. Flag
-    parse errors (an unknown flag, a bad enum value, a missing config file) are one line too.
+    Bad flags, configs, data files, device files, run folders and a diverging loss are raised
+    by the checks as `errors.UserError`; set ROA_DEBUG=1 to see their tracebacks. Any other
+    exception (a ValueError or OSError raised elsewhere included) is a bug or a fault of the
+    machine and keeps its traceback. Flag parse errors (an unknown flag, a bad enum value, a
+    missing config file, an unknown config field) are one line too.
     """
 
     def wrapped(argv):
@@ -185,8 +182,8 @@ def run(main) -> None:
             _fail(f"unexpected arguments {argv[1:]} (flags are --name=value).")
         try:
             return main(argv)
-        except (ValueError, OSError, FloatingPointError) as e:
-            if os.environ.get("ROA_DEBUG") or not _ours(e):
+        except errors.UserError as e:
+            if os.environ.get("ROA_DEBUG"):
                 raise
             _fail(e)
 

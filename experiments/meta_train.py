@@ -19,7 +19,7 @@ import common
 from absl import flags, logging
 from ml_collections import config_flags
 
-from roa_jax import comparison, data, distributed, figures, rundir, train
+from roa_jax import comparison, data, distributed, errors, figures, rundir, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -37,9 +37,11 @@ def main(argv):
     rundir.quiet_orbax()
     cfg = config_lib.build(_CONFIG.value)
     if FLAGS.stop_after_steps is not None and FLAGS.stop_after_steps < 1:
-        raise ValueError(f"--stop_after_steps={FLAGS.stop_after_steps} must be >= 1.")
+        raise errors.ConfigError(f"--stop_after_steps={FLAGS.stop_after_steps} must be >= 1.")
     if FLAGS.test_tasks is not None and FLAGS.test_tasks < 0:
-        raise ValueError(f"--test_tasks={FLAGS.test_tasks} must be >= 0 (0: no evaluation).")
+        raise errors.ConfigError(
+            f"--test_tasks={FLAGS.test_tasks} must be >= 0 (0: no evaluation)."
+        )
     evaluate = FLAGS.test_tasks != 0
     proto = common.protocol() if evaluate else None
     workdir = pathlib.Path(FLAGS.workdir).expanduser().absolute()

@@ -22,7 +22,7 @@ import pathlib
 import common
 from absl import flags, logging
 
-from roa_jax import claims, comparison, figures
+from roa_jax import claims, comparison, errors, figures, tasks
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -76,27 +76,33 @@ def main(argv):
     del argv
     root = pathlib.Path(FLAGS.results)
     if not root.is_dir():
-        raise FileNotFoundError(f"--results={FLAGS.results}: no such folder.")
+        raise errors.RunFolderError(f"--results={FLAGS.results}: no such folder.")
     if FLAGS.readme:
         text = pathlib.Path(FLAGS.readme).read_text()
         for name in _SECTIONS:
             begin, end = _markers(name)
             if begin not in text or end not in text:
-                raise ValueError(f"--readme={FLAGS.readme} has no {begin} ... {end} markers.")
-        for name in [f(t) for t in figures.PAPER_TASKS for f in (_table2_section, _scales_section)]:
+                raise errors.ConfigError(
+                    f"--readme={FLAGS.readme} has no {begin} ... {end} markers."
+                )
+        for name in [f(t) for t in tasks.PAPER_TASKS for f in (_table2_section, _scales_section)]:
             begin, end = _markers(name)
             if (begin in text) != (end in text):
-                raise ValueError(f"--readme={FLAGS.readme} has one of {begin} ... {end}, not both.")
+                raise errors.ConfigError(
+                    f"--readme={FLAGS.readme} has one of {begin} ... {end}, not both."
+                )
     for scale in FLAGS.compare_scales:
         if scale not in config_lib.SCALES:
-            raise ValueError(f"--compare_scales={scale}: not one of {config_lib.SCALES}.")
+            raise errors.ConfigError(f"--compare_scales={scale}: not one of {config_lib.SCALES}.")
     by_task = {
         task: comparison.load(root / f"{task}_{FLAGS.scale}")
-        for task in figures.PAPER_TASKS
+        for task in tasks.PAPER_TASKS
         if (root / f"{task}_{FLAGS.scale}" / "results.json").exists()
     }
     if not by_task:
-        raise FileNotFoundError(f"--results={FLAGS.results}: no <task>_{FLAGS.scale}/results.json.")
+        raise errors.RunFolderError(
+            f"--results={FLAGS.results}: no <task>_{FLAGS.scale}/results.json."
+        )
     out = pathlib.Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures.paper_figure3(by_task, out / "figure3.png")
@@ -111,7 +117,7 @@ def main(argv):
     for task, results in by_scale.items():
         text = figures.scales_table(results) + "\n" + claims.by_scale(results, task)
         (out / f"scales_{task}.md").write_text(text)
-        figures.scales_figure(results, figures.PAPER_TASKS[task], out / f"scales_{task}.png")
+        figures.scales_figure(results, tasks.TASKS[task].title, out / f"scales_{task}.png")
     if FLAGS.readme:
         readme = pathlib.Path(FLAGS.readme)
         text = readme.read_text()

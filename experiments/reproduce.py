@@ -11,12 +11,13 @@ command resumes: finished meta-training runs and evaluated parts are kept, an in
 continues from its last checkpoint; with --trained_dir both travel with the results, so a task
 can be split over machines and sessions. --train_only stops after meta-training.
 
-Tasks: omniglot_5w1s, omniglot_10w1s, omniglot_20w1s, omniglot_20w1s_w128, miniimagenet_5w1s
-(and synthetic_5w1s, the zero-setup demo). Scales: quick (the README's main job), cpu (this
-2-core machine), cpu_long (cpu with 10x the meta-steps), paper (the paper's protocol: 100
-epochs x 500 meta-steps, 600 tasks x 4 repeats), tiny (seconds; tests). The evaluation flags
-override the scale's protocol (e.g. --eval_device). Sweeps are split over all devices;
---data_parallel splits each meta-batch too (required with several processes, see README).
+Tasks: roa_jax/tasks.py (omniglot_5w1s, omniglot_10w1s, omniglot_20w1s, omniglot_20w1s_w128,
+miniimagenet_5w1s, and synthetic_5w1s, the zero-setup demo). Scales: quick (the README's main
+job), cpu (this 2-core machine), cpu_long (cpu with 10x the meta-steps), paper (the paper's
+protocol: 100 epochs x 500 meta-steps, 600 tasks x 4 repeats), tiny (seconds; tests). The
+evaluation flags override the scale's protocol (e.g. --eval_device). Sweeps are split over all
+devices; --data_parallel splits each meta-batch too (required with several processes, see
+README).
 """
 
 import dataclasses
@@ -26,11 +27,11 @@ import time
 import common
 from absl import flags, logging
 
-from roa_jax import claims, comparison, data, distributed, figures, rundir, train
+from roa_jax import claims, comparison, data, distributed, errors, figures, rundir, tasks, train
 from roa_jax import config as config_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("task", "omniglot_5w1s", sorted(config_lib.TASKS), "The paper's task.")
+flags.DEFINE_enum("task", "omniglot_5w1s", sorted(tasks.TASKS), "The paper's task.")
 flags.DEFINE_enum("scale", "cpu", config_lib.SCALES, "Scale of meta-training and evaluation.")
 flags.DEFINE_string("workdir", None, "Run folders (default runs/reproduce/<task>_<scale>).")
 flags.DEFINE_string("results_dir", None, "Outputs (default results/<task>_<scale>).")
@@ -60,10 +61,12 @@ def main(argv):
     name = f"{FLAGS.task}_{FLAGS.scale}"
     workdir = pathlib.Path(FLAGS.workdir or common.ROOT / "runs" / "reproduce" / name)
     results_dir = pathlib.Path(FLAGS.results_dir or common.ROOT / "results" / name)
-    models = FLAGS.models or config_lib.task_models(FLAGS.task)
+    models = FLAGS.models or tasks.TASKS[FLAGS.task].models
     unknown = set(models) - set(config_lib.MODELS)
     if unknown or "roa" not in models:
-        raise ValueError(f"--models={models}: choose from {list(config_lib.MODELS)}, with roa.")
+        raise errors.ConfigError(
+            f"--models={models}: choose from {list(config_lib.MODELS)}, with roa."
+        )
     scale = FLAGS.scale if FLAGS["eval_scale"].using_default_value else None
     proto = common.protocol(scale, FLAGS.task)
     configs = {
@@ -93,14 +96,14 @@ def main(argv):
     trained = {m: train.load_trained(workdir / m) for m in configs}
     eval_dir = (kept or workdir) / "evaluation"  # parts saved as evaluated: resumable
     results = comparison.evaluate(trained, splits, norm, proto, eval_dir, title=name)
-    results["seconds"] = time.time() - start
+    results = dataclasses.replace(results, seconds=time.time() - start)
     if not distributed.is_main():
         return  # process 0 writes the outputs
     comparison.save(results, results_dir)
     paths = figures.make_all(results, results_dir)
     claims.write(claims.evaluate(results, FLAGS.task), results_dir, title=name)
     logging.info(
-        "Wrote %s, claims.md and results.json/csv in %.1f min.", paths, results["seconds"] / 60
+        "Wrote %s, claims.md and results.json/csv in %.1f min.", paths, results.seconds / 60
     )
     print((results_dir / "table2.md").read_text())
     print((results_dir / "claims.md").read_text())

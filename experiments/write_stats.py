@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from roa_jax import crossbar, data, device, evaluation, roa, train, writers
+from roa_jax import crossbar, data, device, errors, evaluation, roa, train, writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run folder of a meta-trained model (config.json, best/).")
@@ -37,9 +37,9 @@ def main(argv):
     del argv
     rhos = common.floats("rhos")
     if not rhos or min(rhos) <= 0:
-        raise ValueError(f"--rhos={','.join(FLAGS.rhos)}: each must be > 0.")
+        raise errors.ConfigError(f"--rhos={','.join(FLAGS.rhos)}: each must be > 0.")
     if FLAGS.tasks < 1:
-        raise ValueError(f"--tasks={FLAGS.tasks}: draw at least 1 task.")
+        raise errors.ConfigError(f"--tasks={FLAGS.tasks}: draw at least 1 task.")
     params = device.preset(FLAGS.device)
     cfg, meta = train.load_trained(common.check_run_folder("run", FLAGS.run))
     splits, norm = data.load_splits(cfg, FLAGS.data_dir, FLAGS.cache_dir)

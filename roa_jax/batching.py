@@ -10,9 +10,10 @@ batching" and "Sweeps"; benchmarks/meta_step.py and benchmarks/sweep.py):
     programs) on XLA:CPU, where one program over the grid was 2-3.2x slower (lax.map, vmap)
     or compiled for minutes (unroll); 'vmap' on accelerators;
   - over many devices (`map_tasks(..., mesh=)`): each device maps its share with the same
-    choice, inside a `jax.shard_map` (distributed.py; benchmarks/scaling.py). Left to XLA's
-    partitioner (a plain jit with the task axis sharded), a second-order meta-step ran 9x
-    (unroll) and 6x (vmap) slower than on one device (4 forced CPU devices, conv4-8);
+    choice, inside a `jax.shard_map` (a sweep's points, a meta-batch's tasks;
+    benchmarks/scaling.py). Left to XLA's partitioner (a plain jit with the task axis
+    sharded), a second-order meta-step ran 9x (unroll) and 6x (vmap) slower than on one
+    device (4 forced CPU devices, conv4-8);
   - XLA:CPU's library for convolutions (`configure_xla`, applied when roa_jax is imported):
     Eigen, not YNNPACK;
   - the float32 precision of an evaluation sweep's convolutions and dots (`sweep_precision`):
@@ -27,6 +28,8 @@ import os
 import jax
 import jax.numpy as jnp
 import jaxlib
+
+from roa_jax import errors
 
 # XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by default. Its
 # convolutions ran 2-4x slower than XLA's own (Eigen) at MAML's shapes (75 x 14 x 14 x 64 ->
@@ -96,17 +99,19 @@ def in_sweep_precision(fn):
 def check(strategy: str, allowed=STRATEGIES) -> str:
     """Returns `strategy` if it is 'auto' or one of `allowed`; else raises naming them."""
     if strategy != "auto" and strategy not in allowed:
-        raise ValueError(f"task_batching={strategy!r} is not one of {allowed} or 'auto'.")
+        raise errors.ConfigError(f"task_batching={strategy!r} is not one of {allowed} or 'auto'.")
     return strategy
 
 
-def map_tasks(fn, *tasks, strategy: str = "auto", mesh=None):
-    """`fn(*task)` for every task (leading axis of each leaf of `tasks`), results stacked.
+def map_tasks(fn, *tasks, strategy: str = "auto", mesh=None, shared=()):
+    """`fn(*shared, *task)` for every task (leading axis of each leaf of `tasks`), results stacked.
 
     'unroll' (a Python loop inside the caller's jit), 'vmap', or 'map' (`lax.map`,
     sequential); 'auto' picks per backend (`default_strategy`). With a `jax.sharding.Mesh`,
     the tasks are split evenly over its (first axis') devices and each device maps its own
-    with `strategy`; values `fn` closes over are replicated.
+    with `strategy`; `shared` and the values `fn` closes over are replicated. Pass a global
+    array that `fn` indexes or gathers from in `shared`: closed over, it keeps the sharding
+    of the mesh outside the shard_map, which indexing inside refuses.
     """
     if mesh is not None:
         spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
@@ -114,12 +119,13 @@ def map_tasks(fn, *tasks, strategy: str = "auto", mesh=None):
         # loop's grad of theta_0) would be summed over the devices; the outer gradient of a
         # replicated input is still summed (shard_map's transpose: XLA's all-reduce).
         return jax.shard_map(
-            lambda *t: map_tasks(fn, *t, strategy=strategy),
+            lambda s, t: map_tasks(fn, *t, strategy=strategy, shared=s),
             mesh=mesh,
-            in_specs=spec,
+            in_specs=(jax.sharding.PartitionSpec(), spec),
             out_specs=spec,
             check_vma=False,
-        )(*tasks)
+        )(tuple(shared), tasks)
+    fn = functools.partial(fn, *shared)
     strategy = default_strategy() if check(strategy) == "auto" else strategy
     if strategy == "vmap":
         return jax.vmap(fn)(*tasks)

@@ -19,6 +19,7 @@ five noisy writes cost about 3.5x one and only two claims need them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import pathlib
@@ -30,10 +31,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from roa_jax import claims, comparison, device  # noqa: E402
+from roa_jax import claims, comparison, device, errors, tasks  # noqa: E402
 from roa_jax import config as config_lib  # noqa: E402
+from roa_jax.results import (  # noqa: E402
+    FIVE_STEP,
+    FIVE_STEP_MODEL,
+    OFFLINE,
+    ROA,
+    ROA_FLR,
+    ROA_MODEL,
+    ROA_WC,
+    ROA_WC_MODEL,
+    Results,
+)
 
-TASK = "omniglot_5w1s"
+TASK = tasks.find("omniglot", n_way=5)  # calibrated on; the other tasks test it
 
 
 class Reconstruction(NamedTuple):
@@ -77,9 +89,9 @@ def make_grid(scales: dict = DEFAULT_SCALES, granularities=DEFAULT_GRANULARITIES
 
 
 def check(recons: list[Reconstruction]) -> None:
-    """Raises ValueError naming a bad law, scale or granularity."""
+    """Raises a UserError naming a bad law, scale or granularity."""
     if not recons:
-        raise ValueError("the reconstruction grid is empty.")
+        raise errors.ConfigError("the reconstruction grid is empty.")
     for r in recons:
         device.with_granularity(device.with_noise(device.paper(), r.law, r.scale), r.granularity)
 
@@ -116,7 +128,7 @@ def calibrate(
     """
     splits = {"val": val_images, "test": val_images}
     devices = {r.label: r.params(base) for r in recons}
-    one_step = {m: models_[m] for m in ("roa", "roa_wc") if m in models_}
+    one_step = {m: models_[m] for m in (ROA_MODEL, ROA_WC_MODEL) if m in models_}
     stage1 = comparison.evaluate(
         one_step,
         splits,
@@ -127,42 +139,57 @@ def calibrate(
         devices=devices,
         saved_only=rescore,
     )
-    records = [_record(r, comparison.select(stage1, i)) for i, r in enumerate(recons)]
-    records.sort(key=_rank)
-    saved_stage2 = pathlib.Path(out_dir, "stage2", "parts", "five_step_val.json")
-    if rescore and "five_step" in models_ and saved_stage2.exists():
+    records = sorted(
+        (_record(r, comparison.select(stage1, i)) for i, r in enumerate(recons)), key=_rank
+    )
+    if FIVE_STEP_MODEL not in models_:
+        return records
+    records, chosen = _stage2_choice(records, out_dir, top, rescore)
+    if not chosen:
+        return records
+    stage2 = comparison.evaluate(
+        {FIVE_STEP_MODEL: models_[FIVE_STEP_MODEL]},
+        splits,
+        norm,
+        proto._replace(offline_steps=0),
+        pathlib.Path(out_dir, "stage2"),
+        "calibration",
+        devices={r["reconstruction"].label: devices[r["reconstruction"].label] for r in chosen},
+        saved_only=rescore,
+    )
+    for i, record in enumerate(chosen):
+        extra = comparison.select(stage2, i) if len(chosen) > 1 else stage2
+        records[i] = _record(record["reconstruction"], _merge(record["results"], extra))
+    return sorted(records, key=_rank)
+
+
+def _stage2_choice(records, out_dir, top, rescore) -> tuple[list[dict], list[dict]]:
+    """(records, the first of them that stage 2 evaluates with the 5-step model).
+
+    The `top` best of stage 1; on a rescore, those the earlier run chose (its saved stage-2
+    part names their devices), moved to the front.
+    """
+    saved_stage2 = pathlib.Path(out_dir, "stage2", "parts", f"{FIVE_STEP_MODEL}_val.json")
+    if rescore and saved_stage2.exists():
         by_label = {r["reconstruction"].label: r for r in records}
         chosen = [by_label[label] for label in comparison.saved_devices(saved_stage2)]
-        records = chosen + [r for r in records if all(r is not c for c in chosen)]
-    elif rescore or top <= 0:
-        chosen = []
-    else:
-        chosen = records[:top]
-    if "five_step" in models_ and chosen:
-        five = {"five_step": models_["five_step"]}
-        stage2 = comparison.evaluate(
-            five,
-            splits,
-            norm,
-            proto._replace(offline_steps=0),
-            pathlib.Path(out_dir, "stage2"),
-            "calibration",
-            devices={r["reconstruction"].label: devices[r["reconstruction"].label] for r in chosen},
-            saved_only=rescore,
-        )
-        for i, record in enumerate(chosen):
-            extra = comparison.select(stage2, i) if len(chosen) > 1 else stage2
-            merged = {
-                **record["results"],
-                "parts": {**record["results"]["parts"], **extra["parts"]},
-            }
-            merged["models"] = {**merged["models"], **extra["models"]}
-            records[i] = _record(record["reconstruction"], comparison.finish(merged))
-        records.sort(key=_rank)
-    return records
+        return chosen + [r for r in records if all(r is not c for c in chosen)], chosen
+    if rescore or top <= 0:
+        return records, []
+    return records, records[:top]
 
 
-def _record(recon: Reconstruction, results: dict) -> dict:
+def _merge(results: Results, extra: Results) -> Results:
+    """Stage 1's results of a device with its stage-2 parts and models, finished again."""
+    merged = dataclasses.replace(
+        results,
+        parts={**results.parts, **extra.parts},
+        models={**results.models, **extra.models},
+    )
+    return comparison.finish(merged)
+
+
+def _record(recon: Reconstruction, results: Results) -> dict:
     verdicts = claims.evaluate(results, TASK)
     holds, measured = claims.score(verdicts)
     margin = sum(v.margin for v in verdicts if v.margin is not None and math.isfinite(v.margin))
@@ -190,7 +217,7 @@ def write(records: list[dict], out_dir, command: str = "") -> list[pathlib.Path]
         writer.writerow(["law", "scale", "granularity", "method", "sigma_w", "rho", "accuracy"])
         for r in records:
             rec = r["reconstruction"]
-            for row in r["results"]["methods"]:
+            for row in r["results"].methods:
                 writer.writerow(
                     [
                         rec.law,
@@ -269,10 +296,8 @@ def _figure(records, path, best: int = 3):
     for k, i in enumerate(shown[:4]):
         ax = fig.add_axes([0.6 + 0.2 * (k % 2), 0.58 - 0.46 * (k // 2), 0.17, 0.34])
         results = records[i]["results"]
-        for method in ("ROA", "ROA-FLR", "5-step", "ROA-WC", "offline"):
-            rows = sorted(
-                (r for r in results["methods"] if r["method"] == method), key=lambda r: r["sigma_w"]
-            )
+        for method in (ROA, ROA_FLR, FIVE_STEP, ROA_WC, OFFLINE):
+            rows = sorted(results.rows(method), key=lambda r: r["sigma_w"])
             if rows:
                 ax.plot(
                     [r["sigma_w"] for r in rows],
@@ -281,8 +306,8 @@ def _figure(records, path, best: int = 3):
                     ms=3,
                     label=method,
                 )
-        ax.axhline(100 * results["chance"], color="grey", ls=":")
-        origin = results.get("origin", {}).get("roa")
+        ax.axhline(100 * results.chance, color="grey", ls=":")
+        origin = results.origin.get(ROA_MODEL)
         if origin:
             ax.axhline(100 * origin["accuracy"], color="black", ls="--", lw=1)
         ax.set_ylim(0, 100)

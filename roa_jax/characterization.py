@@ -24,7 +24,7 @@ from absl import logging
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from roa_jax import device, fitting  # noqa: E402
+from roa_jax import device, errors, fitting  # noqa: E402
 from roa_jax.data import paths as data_paths  # noqa: E402
 
 # Updates written in the noise sweep, as nominal-step pulse counts from w = 0.5.
@@ -128,16 +128,7 @@ def write_noise_sweep(
     """
     g_min, g_max = (float(g) for g in device.conductance_range(params))
     g_mid = float(device.conductance(0.5, params))
-    step_up, step_down = device.nominal_steps(params)
-    wanted = jnp.array([n * (step_up if n > 0 else step_down) for n in pulses])
-    g = jnp.full((len(pulses), num_devices), g_mid, jnp.float32)
-    dg = jnp.broadcast_to(wanted[:, None], g.shape)
-    write = lambda k, s: device.write(k, g, dg, params, s)
-    keys = jax.random.split(key, len(sigma_ws))
-    g_new, n = jax.jit(jax.vmap(write))(keys, jnp.asarray(sigma_ws, jnp.float32))
-    if not np.all(np.asarray(n) == np.array(pulses, np.float32)[None, :, None]):
-        raise RuntimeError(f"Pulse counts differ from the nominal updates {pulses}.")
-    g_new = np.asarray(g_new, np.float64)
+    g_new = _write_from_mid_range(key, params, sigma_ws, num_devices, pulses)
     rows = []
     for i, sigma_w in enumerate(sigma_ws):
         for j, num in enumerate(pulses):
@@ -159,6 +150,30 @@ def write_noise_sweep(
                 )
             )
     return rows
+
+
+def _write_from_mid_range(key, params, sigma_ws, num_devices: int, pulses) -> np.ndarray:
+    """One open-loop write (Eq. 5) of each update of `pulses` into `num_devices` devices at w = 0.5.
+
+    One jitted `device.write` vmapped over sigma_ws, an independent key per level.
+
+    Returns:
+      The written conductances (S, float64), shape (len(sigma_ws), len(pulses), num_devices).
+
+    Raises:
+      RuntimeError: a written pulse count differs from `pulses` (the nominal steps are wrong).
+    """
+    step_up, step_down = device.nominal_steps(params)
+    wanted = jnp.array([n * (step_up if n > 0 else step_down) for n in pulses])
+    g_mid = float(device.conductance(0.5, params))
+    g = jnp.full((len(pulses), num_devices), g_mid, jnp.float32)
+    dg = jnp.broadcast_to(wanted[:, None], g.shape)
+    write = lambda k, s: device.write(k, g, dg, params, s)
+    keys = jax.random.split(key, len(sigma_ws))
+    g_new, n = jax.jit(jax.vmap(write))(keys, jnp.asarray(sigma_ws, jnp.float32))
+    if not np.all(np.asarray(n) == np.array(pulses, np.float32)[None, :, None]):
+        raise RuntimeError(f"Pulse counts differ from the nominal updates {pulses}.")
+    return np.asarray(g_new, np.float64)
 
 
 def device_summary(params: device.DeviceParams) -> dict:
@@ -359,9 +374,14 @@ def write_noise_files(
 
 
 def fit_files(
-    out_dir: str, measured: fitting.PulseCurves, source: str, params, num_steps: int
-) -> tuple[dict, device.DeviceParams, list[str]]:
-    """Fits `params` to the `measured` curves (`fitting.fit`): fit.csv and fit.png.
+    out_dir: str,
+    measured: fitting.PulseCurves,
+    source: str,
+    params,
+    num_steps: int,
+    save_fitted: str | None = None,
+) -> tuple[dict, list[str]]:
+    """Fits `params` to the `measured` curves (`fitting.fit`): fit.csv, fit.png, `save_fitted`.
 
     Args:
       out_dir: folder of the files.
@@ -369,33 +389,19 @@ def fit_files(
       source: where they came from (a file name), for the title and the summary.
       params: the starting device; its fixed fields (and noise law) are kept.
       num_steps: adam steps of the fit.
+      save_fitted: .json file for the fitted params (`device.save_params`); None: not saved.
 
     Returns:
-      (summary, fitted params, paths written); summary is JSON-ready.
+      (summary, paths written); summary is JSON-ready.
     """
-    num_ramps = int(measured.ramp.max() + 1)
+    num_reads, num_ramps = len(measured.ramp), int(measured.ramp.max() + 1)
     logging.info(
-        "fitting %s: %d reads, %d ramps, %d adam steps",
-        source,
-        len(measured.ramp),
-        num_ramps,
-        num_steps,
+        "fitting %s: %d reads, %d ramps, %d adam steps", source, num_reads, num_ramps, num_steps
     )
     result = fitting.fit(measured, params, num_steps=num_steps)
     fitted = device_summary(result.params)
-    columns = (measured.cycle, measured.pulse_index, measured.polarity, measured.conductance)
-    rows = [
-        dict(
-            cycle=int(c),
-            pulse_index=int(i),
-            polarity=int(p),
-            measured_uS=float(m) * 1e6,
-            fitted_uS=float(f) * 1e6,
-        )
-        for c, i, p, m, f in zip(*columns, result.predicted, strict=True)
-    ]
     paths = [os.path.join(out_dir, f"fit.{ext}") for ext in ("csv", "png")]
-    write_csv(paths[0], rows)
+    write_csv(paths[0], _fit_rows(measured, result.predicted))
     window = fitted["params"]["window"]
     title = (
         f"{os.path.basename(source)}: RMS {result.rms * 1e6:.3g} uS = "
@@ -410,9 +416,14 @@ def fit_files(
         *(fitted[k] for k in ("G_min_uS", "G_max_uS", "a_plus", "a_minus")),
         window,
     )
+    if save_fitted:
+        os.makedirs(os.path.dirname(os.path.abspath(save_fitted)), exist_ok=True)
+        device.save_params(save_fitted, result.params)
+        logging.info("fitted params: %s (a device preset name)", save_fitted)
+        paths.append(save_fitted)
     summary = dict(
         data=data_paths.shown(source),
-        num_reads=len(measured.ramp),
+        num_reads=num_reads,
         num_ramps=num_ramps,
         steps=num_steps,
         rms_uS=result.rms * 1e6,
@@ -420,7 +431,22 @@ def fit_files(
         final_loss=float(result.losses[-1]),
         fitted=fitted,
     )
-    return summary, result.params, paths
+    return summary, paths
+
+
+def _fit_rows(measured: fitting.PulseCurves, predicted) -> list[dict]:
+    """The rows of fit.csv: each measured read beside the fitted model's, in uS."""
+    columns = (measured.cycle, measured.pulse_index, measured.polarity, measured.conductance)
+    return [
+        dict(
+            cycle=int(c),
+            pulse_index=int(i),
+            polarity=int(p),
+            measured_uS=float(m) * 1e6,
+            fitted_uS=float(f) * 1e6,
+        )
+        for c, i, p, m, f in zip(*columns, predicted, strict=True)
+    ]
 
 
 def run(
@@ -460,21 +486,12 @@ def run(
       The summary written to summary.json, with `outputs`, the paths written.
 
     Raises:
-      ValueError: an argument out of range (before any file is written).
+      UserError: an argument out of range (before any file is written).
     """
-    device.validate(params)
-    device.validate_sigma_w(sigma_ws)
-    if not len(sigma_ws):
-        raise ValueError("sigma_ws must not be empty.")
-    for arg, value, low in (
-        ("num_pulses", num_pulses, 1),
-        ("num_devices", num_devices, 2),
-        ("fit_steps", fit_steps, 1),
-    ):
-        if value < low:
-            raise ValueError(f"{arg}={value} must be >= {low}.")
-    if save_fitted and measured is None:
-        raise ValueError(f"save_fitted={save_fitted} needs measured curves to fit.")
+    counts = dict(
+        num_pulses=(num_pulses, 1), num_devices=(num_devices, 2), fit_steps=(fit_steps, 1)
+    )
+    _check_run_args(params, sigma_ws, counts, measured, save_fitted)
     os.makedirs(out_dir, exist_ok=True)
     label = os.path.basename(name) if name.endswith(".json") else name
 
@@ -486,18 +503,31 @@ def run(
         presets={n: device_summary(device.preset(n)) for n in device.PRESETS},
     )
     if measured is not None:
-        summary["fit"], fitted, paths = fit_files(
-            out_dir, measured, measured_source, params, fit_steps
+        summary["fit"], paths = fit_files(
+            out_dir, measured, measured_source, params, fit_steps, save_fitted
         )
         outputs += paths
-        if save_fitted:
-            os.makedirs(os.path.dirname(os.path.abspath(save_fitted)), exist_ok=True)
-            device.save_params(save_fitted, fitted)
-            logging.info("fitted params: %s (a device preset name)", save_fitted)
-            outputs.append(save_fitted)
     outputs.append(os.path.join(out_dir, "summary.json"))
     with open(outputs[-1], "w") as f:
         json.dump(summary, f, indent=2)
     for path in outputs:
         logging.info("wrote %s", path)
     return dict(summary, outputs=outputs)
+
+
+def _check_run_args(params, sigma_ws, counts: dict, measured, save_fitted) -> None:
+    """Raises ConfigError for an argument of `run` out of range.
+
+    Args:
+      params, sigma_ws, measured, save_fitted: as `run`'s.
+      counts: {argument name: (value, lowest allowed)} of run's integer arguments.
+    """
+    device.validate(params)
+    device.validate_sigma_w(sigma_ws)
+    if not len(sigma_ws):
+        raise errors.ConfigError("sigma_ws must not be empty.")
+    for arg, (value, low) in counts.items():
+        if value < low:
+            raise errors.ConfigError(f"{arg}={value} must be >= {low}.")
+    if save_fitted and measured is None:
+        raise errors.ConfigError(f"save_fitted={save_fitted} needs measured curves to fit.")

@@ -1,23 +1,19 @@
-"""The paper's claims (MODEL.md 5) as code: a results dict in, one verdict per claim out.
+"""The paper's claims (MODEL.md 5) as code: a `results.Results` in, one verdict per claim out.
 
-The input is what `reproduce` writes as results.json; only these keys are read, and any that
-is missing makes the claims that need it "not measured" (never an error):
+The input is what `reproduce` writes as results.json (results_lib.read); only its chance,
+method rows, best_rho and origin are read, and any that is empty makes the claims that need
+it "not measured" (never an error: a malformed file is an error when it is read).
 
-    results = {
-        "chance": 1 / n_way,
-        "methods": [{"method", "sigma_w", "rho", "accuracy", "ci95", ...}, ...],
-        "best_rho": {"roa": {sigma_w: rho}, ...},  # keys float or str (JSON)
-        "origin": {"roa": {"accuracy", "ci95"}, "roa_wc": {...}},
-    }
+Methods are results_lib's ids: ROA (1 step, constraint, tuned rho), ROA_FLR (rho = 1), ROA_WC
+(no constraint), FIVE_STEP (five noisy writes) and OFFLINE. Accuracies are fractions in the
+input and percentage points (pp) in every verdict. A claim holds exactly when its margin, the
+signed distance from the decision boundary, is positive; margins are in pp, except for the
+best-rho claims (octaves, log2 of rho) and the threshold ordering (sigma_w).
 
-Methods: "ROA" (1 step, constraint, tuned rho), "ROA-FLR" (rho = 1), "ROA-WC" (no constraint),
-"5-step" (five noisy writes) and "offline". Accuracies are fractions in the input and
-percentage points (pp) in every verdict. A claim holds exactly when its margin, the signed
-distance from the decision boundary, is positive; margins are in pp, except for the best-rho
-claims (octaves, log2 of rho) and the threshold ordering (sigma_w).
+The task-specific numbers the paper states (a `tasks.Claims` per task) are in tasks.py.
 
 Usage:
-    verdicts = claims.evaluate(results, "omniglot_5w1s")
+    verdicts = claims.evaluate(results, task)  # task: a name of tasks.TASKS
     claims.write(verdicts, out_dir, title="Omniglot 5-way 1-shot")
 """
 
@@ -30,6 +26,10 @@ import re
 from typing import NamedTuple
 
 import numpy as np
+
+from roa_jax import results as results_lib
+from roa_jax import tasks
+from roa_jax.results import FIVE_STEP, OFFLINE, ROA, ROA_FLR, ROA_WC, Results
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "fails", "not measured"
 
@@ -85,31 +85,6 @@ RHO_FACTOR = 2.0
 RHO_HIGH_BELOW = 1.0
 
 
-class TaskClaims(NamedTuple):
-    """What the paper states for one task (None: not stated, the claim is not measured)."""
-
-    rho_gain_pp: float | None  # ROA - ROA-FLR when sigma_w > 2
-    constraint: str | None  # "gain": ROA - ROA-WC > 3 pp at high noise; "similar": no gain
-    best_rho: float | None  # ROA's best rho at acceptable noise
-
-
-# 20-way: the paper finds ROA and ROA-WC "similar" (Fig. 5C), so there the constraint claim is
-# |ROA - ROA-WC| within the agreement band at high noise. The 128-filter network runs the same
-# 20-way task, so it takes the 20-way rho gain (the paper gives no separate number, and the
-# 2 pp width effect is inside the +-4.5 pp band). Its constraint effect is stated only relative
-# to the 64-filter network (ROA +2 pp, ROA-WC slightly lower), which is `wide_net_helps_20way`,
-# not a per-task claim. Tasks the paper did not run (synthetic_5w1s) have no task-specific
-# claims: its numbers are about its data.
-TASKS = {
-    "omniglot_5w1s": TaskClaims(4.0, "gain", 2.0),
-    "omniglot_10w1s": TaskClaims(7.0, "gain", 2.0),
-    "omniglot_20w1s": TaskClaims(15.0, "similar", 2.0),
-    "omniglot_20w1s_w128": TaskClaims(15.0, None, 2.0),
-    "miniimagenet_5w1s": TaskClaims(5.0, "gain", 4.0),
-}
-NOT_STATED = TaskClaims(None, None, None)
-
-
 class Verdict(NamedTuple):
     """One claim checked against our numbers."""
 
@@ -126,18 +101,18 @@ class _Point(NamedTuple):
     ci: float  # pp, half-width of the 95 % CI
 
 
-def task_claims(task: str) -> TaskClaims:
-    """The paper's task-specific statements for `task`.
+def task_claims(task: str) -> tasks.Claims:
+    """The paper's task-specific statements for `task` (tasks.TASKS; none stated if unknown).
 
-    A name with a suffix (the results title "omniglot_5w1s_cpu") resolves to the longest task
-    name it starts with, so "omniglot_20w1s_w128_cpu" is the 128-filter task.
+    A name with a suffix (the results title "<task>_cpu") resolves to the longest task name it
+    starts with, so the 128-filter task's results are not taken for the 64-filter one's.
     """
     canonical = _canonical(task)
-    return TASKS[canonical] if canonical else NOT_STATED
+    return tasks.TASKS[canonical].claims if canonical else tasks.Claims()
 
 
 def _canonical(task: str) -> str | None:
-    matches = [t for t in TASKS if task == t or task.startswith(t + "_")]
+    matches = [t for t in tasks.TASKS if task == t or task.startswith(t + "_")]
     return max(matches, key=len) if matches else None
 
 
@@ -146,36 +121,27 @@ def _point(record: dict) -> _Point:
     return _Point(100.0 * float(record["accuracy"]), 100.0 * float(record.get("ci95") or 0.0))
 
 
-def _sigma(s) -> float:
-    return round(float(s), 6)
-
-
-def _methods(results: dict) -> dict[str, dict[float, _Point]]:
+def _methods(results: Results) -> dict[str, dict[float, _Point]]:
     """{method: {sigma_w: point}}; the first row wins when a level repeats."""
     table: dict[str, dict[float, _Point]] = {}
-    for row in results.get("methods") or []:
-        try:
-            method, sigma = row["method"], _sigma(row["sigma_w"])
-            point = _point(row)
-        except (KeyError, TypeError, ValueError):
-            continue
-        table.setdefault(method, {}).setdefault(sigma, point)
+    for row in results.methods:
+        sigma = results_lib.sigma_key(row["sigma_w"])
+        table.setdefault(row["method"], {}).setdefault(sigma, _point(row))
     return table
 
 
-def _best_rho(results: dict) -> dict[float, float]:
-    """ROA's best rho per level: results["best_rho"]["roa"], else the rho of the ROA rows."""
-    best = (results.get("best_rho") or {}).get("roa")
+def _best_rho(results: Results) -> dict[float, float]:
+    """ROA's best rho per level: results.best_rho of the ROA model, else the ROA rows' rho."""
+    best = results.best_rho.get(results_lib.ROA_MODEL)
     if best:
-        return {_sigma(s): float(r) for s, r in best.items()}
-    rows = [r for r in results.get("methods") or [] if r.get("method") == "ROA" and "rho" in r]
-    return {_sigma(r["sigma_w"]): float(r["rho"]) for r in rows}
+        return {results_lib.sigma_key(s): float(r) for s, r in best.items()}
+    return {results_lib.sigma_key(r["sigma_w"]): float(r["rho"]) for r in results.rows(ROA)}
 
 
-def _chance(results: dict, task: str) -> float | None:
-    """Chance accuracy in pp: results["chance"], else 1/n_way from the task name ("5w")."""
-    if results.get("chance") is not None:
-        return 100.0 * float(results["chance"])
+def _chance(results: Results, task: str) -> float | None:
+    """Chance accuracy in pp: results.chance, else 1/n_way from the task name ("5w")."""
+    if results.chance is not None:
+        return 100.0 * float(results.chance)
     n_way = re.search(r"(\d+)w\d+s", task)
     return 100.0 / int(n_way.group(1)) if n_way else None
 
@@ -224,7 +190,7 @@ def _missing(claim, statement, why) -> Verdict:
 def _offline_chance(table, chance) -> Verdict:
     claim = "offline_chance"
     statement = f"Offline learning is close to random guessing when sigma_w > {OFFLINE_SIGMA_MIN:g}"
-    offline = table.get("offline", {})
+    offline = table.get(OFFLINE, {})
     levels = sorted(s for s in offline if s > OFFLINE_SIGMA_MIN)
     if chance is None or not levels:
         return _missing(
@@ -282,7 +248,7 @@ class _Collapse(NamedTuple):
 
 
 def _five_step_collapse(table, chance) -> _Collapse:
-    roa, five = table.get("ROA", {}), table.get("5-step", {})
+    roa, five = table.get(ROA, {}), table.get(FIVE_STEP, {})
     levels = sorted(set(roa) & set(five))
     if len(levels) < 2:
         return _Collapse(None, None, "needs ROA and 5-step rows at two or more common levels")
@@ -312,7 +278,7 @@ def _five_step_collapse(table, chance) -> _Collapse:
     return _Collapse(min(-cms[0], cms[first], min(stays)), levels[first], ours)
 
 
-def five_step_threshold(results: dict, task: str = "") -> float | None:
+def five_step_threshold(results: Results, task: str = "") -> float | None:
     """The first sigma_w where 5-step has collapsed (inf: none in range; None: not measured)."""
     return _five_step_collapse(_methods(results), _chance(results, task)).threshold
 
@@ -331,12 +297,12 @@ def _five_step_collapses(table, chance) -> Verdict:
     return _verdict(claim, statement, collapse.margin, collapse.ours, tolerance)
 
 
-def _constraint_high_noise(table, expect: TaskClaims) -> Verdict:
+def _constraint_high_noise(table, expect: tasks.Claims) -> Verdict:
     claim = "constraint_high_noise"
     if expect.constraint is None:
         statement = "The constraint's effect at high noise: the paper states none for this task"
         return _missing(claim, statement, "the paper states no such effect for this task")
-    roa, wc = table.get("ROA", {}), table.get("ROA-WC", {})
+    roa, wc = table.get(ROA, {}), table.get(ROA_WC, {})
     levels = high_noise_levels(set(roa) & set(wc))
     if expect.constraint == "gain":
         statement = (
@@ -365,7 +331,7 @@ def _constraint_no_noise(table, origin) -> Verdict:
     claim = "constraint_no_noise"
     statement = "The constraint changes nothing without noise (ROA ~ ROA-WC at sigma_w = 0)"
     pairs = []
-    roa, wc = table.get("ROA", {}), table.get("ROA-WC", {})
+    roa, wc = table.get(ROA, {}), table.get(ROA_WC, {})
     if 0.0 in roa and 0.0 in wc:
         pairs.append(("sigma_w 0", roa[0.0], wc[0.0]))
     if all(isinstance(o, dict) and "accuracy" in o for o in origin):
@@ -392,7 +358,7 @@ def _noiseless_write(table, origin) -> Verdict:
         "Without write noise one hardware write loses little against ideal weights "
         "(ROA at sigma_w = 0 ~ origin)"
     )
-    roa, ideal = table.get("ROA", {}), origin[0]
+    roa, ideal = table.get(ROA, {}), origin[0]
     if 0.0 not in roa or not (isinstance(ideal, dict) and "accuracy" in ideal):
         return _missing(claim, statement, "needs the ROA row at sigma_w 0 and the ROA origin")
     ideal = _point(ideal)
@@ -413,7 +379,7 @@ def _about(claim, statement, diff, ci, target, ours, note="") -> Verdict:
     return _verdict(claim, statement, tol - abs(diff - target), ours, tolerance)
 
 
-def _rho_gain_high_noise(table, expect: TaskClaims) -> Verdict:
+def _rho_gain_high_noise(table, expect: tasks.Claims) -> Verdict:
     claim = "rho_gain_high_noise"
     if expect.rho_gain_pp is None:
         statement = "Tuned rho adds about the task's stated gain when sigma_w > 2"
@@ -421,7 +387,7 @@ def _rho_gain_high_noise(table, expect: TaskClaims) -> Verdict:
     statement = (
         f"Tuned rho adds about {expect.rho_gain_pp:g} points when sigma_w > 2 (ROA - ROA-FLR)"
     )
-    roa, flr = table.get("ROA", {}), table.get("ROA-FLR", {})
+    roa, flr = table.get(ROA, {}), table.get(ROA_FLR, {})
     levels = high_noise_levels(set(roa) & set(flr))
     if not levels:
         return _missing(
@@ -436,7 +402,7 @@ def _geomean(xs) -> float:
     return float(2.0 ** np.mean(np.log2(xs)))
 
 
-def _best_rho_low_noise(best, expect: TaskClaims) -> Verdict:
+def _best_rho_low_noise(best, expect: tasks.Claims) -> Verdict:
     claim = "best_rho_low_noise"
     if expect.best_rho is None:
         statement = "The best rho is about 2 (Omniglot) or 4 (miniImageNet) at acceptable noise"
@@ -481,19 +447,19 @@ def _best_rho_falls(best) -> Verdict:
     return _verdict(claim, statement, margin, ours, tolerance)
 
 
-def evaluate(results: dict, task: str) -> list[Verdict]:
+def evaluate(results: Results, task: str) -> list[Verdict]:
     """Verdicts of the per-task claims of MODEL.md 5, one per id of CLAIM_IDS, in that order.
 
     Args:
-      results: a results dict (module docstring); JSON-loaded dicts work as they are.
-      task: the task name ("omniglot_5w1s", ...); it picks the task-specific expectations
+      results: the comparison's Results (module docstring).
+      task: the task name (of tasks.TASKS); it picks the task-specific expectations
         (`task_claims`); a suffix such as "_cpu" is ignored.
 
     Returns:
       A list of Verdict, claims without the rows they need marked "not measured".
     """
     table, chance, expect = _methods(results), _chance(results, task), task_claims(task)
-    origin = [(results.get("origin") or {}).get(m) for m in ("roa", "roa_wc")]
+    origin = [results.origin.get(m) for m in (results_lib.ROA_MODEL, results_lib.ROA_WC_MODEL)]
     best = _best_rho(results)
     return [
         _offline_chance(table, chance),
@@ -501,8 +467,8 @@ def evaluate(results: dict, task: str) -> list[Verdict]:
             "five_step_agrees_low_noise",
             "1-step (ROA) and 5-step updates agree at low noise",
             table,
-            "ROA",
-            "5-step",
+            ROA,
+            FIVE_STEP,
         ),
         _five_step_collapses(table, chance),
         _constraint_high_noise(table, expect),
@@ -513,8 +479,8 @@ def evaluate(results: dict, task: str) -> list[Verdict]:
             "rho_gain_low_noise",
             "Tuned rho adds little at low noise (ROA ~ ROA-FLR)",
             table,
-            "ROA",
-            "ROA-FLR",
+            ROA,
+            ROA_FLR,
         ),
         _best_rho_low_noise(best, expect),
         _best_rho_falls(best),
@@ -524,12 +490,12 @@ def evaluate(results: dict, task: str) -> list[Verdict]:
 def _threshold_falls(by_task: dict) -> Verdict:
     claim = "five_step_threshold_falls_with_classes"
     statement = "The 5-step collapse threshold is lower for more classes (Omniglot 5, 10, 20-way)"
-    names = ("omniglot_5w1s", "omniglot_10w1s", "omniglot_20w1s")
+    names = [tasks.find("omniglot", n_way) for n_way in (5, 10, 20)]
     thresholds = [five_step_threshold(by_task[n], n) if n in by_task else None for n in names]
     if any(t is None for t in thresholds):
         return _missing(claim, statement, "needs ROA and 5-step rows of all three tasks")
     ours = "thresholds " + ", ".join(
-        f"{n.split('_')[1][:-3]}-way: {'none' if math.isinf(t) else f'sigma_w {t:g}'}"
+        f"{tasks.TASKS[n].n_way}-way: {'none' if math.isinf(t) else f'sigma_w {t:g}'}"
         for n, t in zip(names, thresholds, strict=True)
     )
     # Both sides beyond the range count as equal, not as an undefined inf - inf.
@@ -548,10 +514,11 @@ def _wide_net(by_task: dict) -> Verdict:
     statement = (
         f"128 filters help ROA by about {WIDE_NET_GAIN_PP:g} points on Omniglot 20-way 1-shot"
     )
-    if "omniglot_20w1s" not in by_task or "omniglot_20w1s_w128" not in by_task:
-        return _missing(claim, statement, "needs omniglot_20w1s and omniglot_20w1s_w128")
-    narrow = _methods(by_task["omniglot_20w1s"]).get("ROA", {})
-    wide = _methods(by_task["omniglot_20w1s_w128"]).get("ROA", {})
+    narrow_task, wide_task = tasks.find("omniglot", 20), tasks.find("omniglot", 20, width=128)
+    if narrow_task not in by_task or wide_task not in by_task:
+        return _missing(claim, statement, f"needs {narrow_task} and {wide_task}")
+    narrow = _methods(by_task[narrow_task]).get(ROA, {})
+    wide = _methods(by_task[wide_task]).get(ROA, {})
     levels = sorted(s for s in set(narrow) & set(wide) if s > 0)
     if not levels:
         return _missing(claim, statement, "no common noisy (sigma_w > 0) ROA levels")
@@ -564,7 +531,7 @@ def evaluate_across(results_by_task: dict) -> list[Verdict]:
     """Verdicts of the cross-task claims, one per id of CROSS_TASK_CLAIM_IDS, in that order.
 
     Args:
-      results_by_task: {task: results}; task names may carry a suffix ("omniglot_5w1s_cpu").
+      results_by_task: {task: results}; task names may carry a suffix ("<task>_cpu").
 
     Returns:
       A list of Verdict; a claim whose tasks are missing is "not measured".

@@ -34,24 +34,20 @@ import numpy as np
 from absl import logging
 
 from roa_jax import config as config_lib
-from roa_jax import device, distributed, evaluation, models, rundir, train
+from roa_jax import device, distributed, errors, evaluation, models, rundir, train
+from roa_jax import results as results_lib
+from roa_jax.results import Results
 
-# (method, model, tuned rho?) in the order tables and figures list them.
-METHODS = (
-    ("ROA", "roa", True),
-    ("5-step", "five_step", True),
-    ("ROA-WC", "roa_wc", True),
-    ("ROA-FLR", "roa", False),
-    ("ROA-WC-FLR (MAML++)", "roa_wc", False),
-    ("5-step-FLR", "five_step", False),
-)
+METHODS = results_lib.METHODS  # (method, model, tuned rho?) in the order tables list them
 
 
 def model_name(cfg: config_lib.Config) -> str:
     """The comparison's name for a model of `cfg`'s kind (meta_train.py's one model)."""
     if cfg.num_inner_steps > 1:
-        return "five_step"
-    return "roa" if cfg.constraint_k > 1 and cfg.constraint_lambda > 0 else "roa_wc"
+        return results_lib.FIVE_STEP_MODEL
+    if cfg.constraint_k > 1 and cfg.constraint_lambda > 0:
+        return results_lib.ROA_MODEL
+    return results_lib.ROA_WC_MODEL
 
 
 def _fingerprint(*objects) -> str:
@@ -125,7 +121,7 @@ def check_same_tasks(models_: dict) -> None:
     fields = ("dataset", "n_way", "k_shot", "n_query", "image_size")
     shapes = {name: tuple(getattr(c, f) for f in fields) for name, (c, _) in models_.items()}
     if len(set(shapes.values())) > 1:
-        raise ValueError(
+        raise errors.RunFolderError(
             f"The models were trained on different tasks {fields}: {shapes}; compare models "
             "of one task."
         )
@@ -141,8 +137,8 @@ def evaluate(
     seed=0,
     devices: dict | None = None,
     saved_only: bool = False,
-) -> dict:
-    """Evaluates every method on `models_` {name: (cfg, meta)}; returns the results dict.
+) -> Results:
+    """Evaluates every method on `models_` {name: (cfg, meta)}; returns the finished Results.
 
     Parts already evaluated with the same settings (out_dir/parts/*.json) are loaded, not
     recomputed. rho is chosen per noise level on the validation classes only.
@@ -169,52 +165,72 @@ def evaluate(
         return _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved_only)
 
 
-def _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved_only) -> dict:
+def _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved_only) -> Results:
     check_same_tasks(models_)
     parts_dir = pathlib.Path(out_dir, "parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
     devices = devices or {proto.device: device.preset(proto.device)}
-    stacked = evaluation.stack(list(devices.values()))
-    images = {split: jax.device_put(splits[split]) for split in ("val", "test")}
     # The offline part uses no meta-trained network, only the task's shape; it takes ROA's config
     # where there is one, so its fingerprint does not depend on the order of the models.
-    task_cfg = models_.get("roa", next(iter(models_.values())))[0]
-    base = jax.random.PRNGKey(seed)
-    split_keys = {"val": jax.random.fold_in(base, 0), "test": jax.random.fold_in(base, 1)}
-    results = {
-        "title": title,
-        "chance": 1.0 / task_cfg.n_way,
-        "seeds": proto.seeds,
-        "protocol": proto._asdict(),
-        "devices": {
-            label: {k: float(v) for k, v in params._asdict().items()}
-            for label, params in devices.items()
-        },
-        "models": {name: dataclasses.asdict(cfg) for name, (cfg, _) in models_.items()},
-        "parts": {},
-    }
+    task_cfg = models_.get(results_lib.ROA_MODEL, next(iter(models_.values())))[0]
+    header = _header(models_, proto, devices, title, task_cfg)
+    sweep = _sweeper(splits, norm, devices, seed)
+    evaluated = {}  # {part name: its record}
     for part in parts(models_, proto, len(devices)):
         cfg, meta = models_[part.model] if part.model else (task_cfg, None)
         file = parts_dir / f"{part.name}.json"
         if saved_only:
-            results["parts"][part.name] = load_saved_part(file, list(devices))
+            evaluated[part.name] = load_saved_part(file, list(devices))
             continue
         setting = _setting(part, cfg, proto)
         fingerprint = _fingerprint(
             setting._replace(model=repr(setting.model)),
             part.grid._asdict(),
             part.num_tasks,
-            results["devices"],
+            header.devices,
             seed,
             cfg,
             _digest(meta),
         )
-        if file.exists():
-            saved = _read_saved(file)
-            if saved.get("fingerprint") == fingerprint:
-                results["parts"][part.name] = saved
-                logging.info("Part %s: loaded from %s.", part.name, file)
-                continue
+        saved = _read_saved(file) if file.exists() else {}
+        if saved.get("fingerprint") == fingerprint:
+            evaluated[part.name] = saved
+            logging.info("Part %s: loaded from %s.", part.name, file)
+            continue
+        record = {"fingerprint": fingerprint, **sweep(part, setting, meta, cfg)}
+        if distributed.is_main():
+            rundir.write_atomic(file, json.dumps(record, indent=1))
+        evaluated[part.name] = record
+    results = dataclasses.replace(header, parts=evaluated)
+    return finish(results) if len(devices) == 1 else results
+
+
+def _header(models_, proto, devices, title, task_cfg) -> Results:
+    """Results with what was evaluated, how, and no parts yet."""
+    return Results(
+        title=title,
+        chance=1.0 / task_cfg.n_way,
+        seeds=proto.seeds,
+        protocol=proto._asdict(),
+        devices={
+            label: {k: float(v) for k, v in params._asdict().items()}
+            for label, params in devices.items()
+        },
+        models={name: dataclasses.asdict(cfg) for name, (cfg, _) in models_.items()},
+    )
+
+
+def _sweeper(splits, norm, devices, seed):
+    """sweep(part, setting, meta, cfg) -> the part's record (without its fingerprint).
+
+    Test tasks and noise come from fold_in(PRNGKey(seed), 1), validation's from fold_in(., 0).
+    """
+    stacked = evaluation.stack(list(devices.values()))
+    images = {split: jax.device_put(splits[split]) for split in ("val", "test")}
+    base = jax.random.PRNGKey(seed)
+    split_keys = {"val": jax.random.fold_in(base, 0), "test": jax.random.fold_in(base, 1)}
+
+    def sweep(part: Part, setting: evaluation.Setting, meta, cfg) -> dict:
         start = time.time()
         accs = evaluation.sweep(
             split_keys[part.split],
@@ -229,8 +245,7 @@ def _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved
             progress=_progress(part.name),
             mesh=distributed.mesh(),  # the grid split over all devices, where several
         )
-        record = {
-            "fingerprint": fingerprint,
+        return {
             "model": part.model,
             "split": part.split,
             "kind": part.kind,
@@ -239,10 +254,8 @@ def _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved
             "devices": list(devices),
             "rows": evaluation.summarize(accs, part.grid),
         }
-        if distributed.is_main():
-            rundir.write_atomic(file, json.dumps(record, indent=1))
-        results["parts"][part.name] = record
-    return finish(results) if len(devices) == 1 else results
+
+    return sweep
 
 
 def _read_saved(file) -> dict:
@@ -258,12 +271,12 @@ def _read_part(file) -> dict:
     try:
         return json.loads(pathlib.Path(file).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise FileNotFoundError(f"{file}: no readable saved part ({e}).") from None
+        raise errors.RunFolderError(f"{file}: no readable saved part ({e}).") from None
 
 
 def _labels(file, part: dict) -> list[str]:
     if part.get("devices") is None:
-        raise ValueError(f"{file}: the saved part does not record its device labels.")
+        raise errors.RunFolderError(f"{file}: the saved part does not record its device labels.")
     return part["devices"]
 
 
@@ -277,7 +290,7 @@ def load_saved_part(file, labels: list[str]) -> dict:
     part = _read_part(file)
     saved = _labels(file, part)
     if saved != labels:
-        raise ValueError(
+        raise errors.RunFolderError(
             f"{file}: saved for devices {saved}, not {labels}; evaluate again without "
             "reusing saved parts."
         )
@@ -285,19 +298,21 @@ def load_saved_part(file, labels: list[str]) -> dict:
     return part
 
 
-def select(results: dict, index: int) -> dict:
+def select(results: Results, index: int) -> Results:
     """The finished results of device `index` of a multi-device `evaluate`."""
-    label = list(results["devices"])[index]
-    one = {**results, "devices": {label: results["devices"][label]}, "parts": {}}
-    for name, part in results["parts"].items():
+    label = list(results.devices)[index]
+    parts_ = {}
+    for name, part in results.parts.items():
         rows = part["rows"]
         if rows and "device" in rows[0]:
             rows = [{k: v for k, v in r.items() if k != "device"} for r in rows]
             rows = [
                 r for r, full in zip(rows, part["rows"], strict=True) if full["device"] == index
             ]
-        one["parts"][name] = {**part, "rows": rows}
-    return finish(one)
+        parts_[name] = {**part, "rows": rows}
+    return finish(
+        dataclasses.replace(results, devices={label: results.devices[label]}, parts=parts_)
+    )
 
 
 def _progress(name):
@@ -317,39 +332,41 @@ def _progress(name):
     return progress
 
 
-def finish(results: dict) -> dict:
-    """Adds best_rho, origin and the method rows to results holding the evaluated parts."""
-    parts_ = results["parts"]
-    results["best_rho"] = {
-        name: evaluation.best_rho(parts_[f"{name}_val"]["rows"])
-        for name in results["models"]
-        if f"{name}_val" in parts_
+def finish(results: Results) -> Results:
+    """`results` with best_rho, origin and the method rows derived from its evaluated parts."""
+    models_ = results.models
+    best = {
+        name: {results_lib.sigma_key(s): rho for s, rho in evaluation.best_rho(rows).items()}
+        for name in models_
+        if (rows := results.part_rows(name, "val")) is not None
     }
-    results["origin"] = {
-        name: {k: parts_[f"{name}_origin"]["rows"][0][k] for k in ("accuracy", "ci95")}
-        for name in results["models"]
-        if f"{name}_origin" in parts_
+    origin = {
+        name: {k: rows[0][k] for k in ("accuracy", "ci95")}
+        for name in models_
+        if (rows := results.part_rows(name, "origin")) is not None
     }
-    results["methods"] = method_rows(results)
-    return results
+    results = dataclasses.replace(results, best_rho=best, origin=origin)
+    return dataclasses.replace(results, methods=method_rows(results))
 
 
-def method_rows(results: dict) -> list[dict]:
+def method_rows(results: Results) -> list[dict]:
     """The paper's methods, one row per noise level, picked from the evaluated parts."""
-    parts_, best = results["parts"], results["best_rho"]
     out = []
     for method, model, tuned in METHODS:
-        if f"{model}_test" not in parts_:
+        rows = results.part_rows(model, "test")
+        if rows is None:
             continue
-        rho_of = (lambda s, m=model: best[m][s]) if tuned else (lambda s: 1.0)
-        rows = parts_[f"{model}_test"]["rows"]
-        out += [{"method": method, **r} for r in rows if r["rho"] == rho_of(r["sigma_w"])]
-    if "offline_test" in parts_:
-        out += [{"method": "offline", **r} for r in parts_["offline_test"]["rows"]]
+        best = results.best_rho.get(model, {})
+        for r in rows:
+            if r["rho"] == (best[results_lib.sigma_key(r["sigma_w"])] if tuned else 1.0):
+                out.append({"method": method, **r})
+    offline = results.parts.get("offline_test")
+    if offline is not None:
+        out += [{"method": results_lib.OFFLINE, **r} for r in offline["rows"]]
     return out
 
 
-def write_csv(results: dict, path) -> None:
+def write_csv(results: Results, path) -> None:
     """Every evaluated number: one row per (part, sigma_w, rho), then the method rows."""
     fields = ["table", "name", "split", "kind", "num_steps", "sigma_w", "rho", "accuracy", "ci95"]
     fields += ["tasks", "seed_accuracies"]
@@ -362,29 +379,23 @@ def write_csv(results: dict, path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
-        for name, part in results["parts"].items():
+        for name, part in results.parts.items():
             labels = {k: part[k] for k in ("split", "kind", "num_steps")}
             writer.writerows(line(row, table="part", name=name, **labels) for row in part["rows"])
-        for row in results["methods"]:
+        for row in results.methods:
             writer.writerow(line(row, table="method", name=row["method"], split="test"))
 
 
-def save(results: dict, out_dir) -> None:
+def save(results: Results, out_dir) -> None:
     """results.json and results.csv in `out_dir` (by process 0 only)."""
     if not distributed.is_main():
         return
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results_lib.write(results, out / "results.json")
     write_csv(results, out / "results.csv")
 
 
-def load(out_dir) -> dict:
-    """The results dict of `save`, with best_rho's noise levels as floats again."""
-    file = pathlib.Path(out_dir, "results.json")
-    if not file.exists():
-        raise FileNotFoundError(f"{file} is missing: run experiments/reproduce.py for it first.")
-    results = json.loads(file.read_text())
-    best = results["best_rho"]
-    results["best_rho"] = {m: {float(s): r for s, r in d.items()} for m, d in best.items()}
-    return results
+def load(out_dir) -> Results:
+    """The Results `save` wrote to `out_dir` (results_lib.read: checked field by field)."""
+    return results_lib.read(pathlib.Path(out_dir, "results.json"))

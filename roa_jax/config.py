@@ -1,5 +1,6 @@
-"""Configuration in one place: the meta-training `Config`, its checks, the paper's tasks and the
-scales of the reproduction (which models, how long, which evaluation protocol).
+"""Configuration in one place: the meta-training `Config`, its checks, and the scales of the
+reproduction (which models, how long, which evaluation protocol) applied to the paper's tasks
+(tasks.py).
 
 Config files (experiments/configs/*.py) are Python with a `get_config()` that returns an
 `ml_collections.ConfigDict` (start from `default()`); binaries load them with
@@ -17,7 +18,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from roa_jax import batching, device, models
+from roa_jax import batching, device, errors, models, tasks
 
 DATASETS = ("omniglot", "synthetic", "miniimagenet")
 
@@ -80,17 +81,27 @@ def build(config) -> Config:
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     fields = {f.name for f in dataclasses.fields(Config)}
     if unknown := sorted(set(values) - fields):
-        raise ValueError(f"config fields {unknown} are unknown; the fields are {sorted(fields)}.")
+        raise errors.ConfigError(
+            f"config fields {unknown} are unknown; the fields are {sorted(fields)}."
+        )
     return validate(Config(**values))
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise errors.ConfigError(message)
 
 
 def validate(cfg: Config) -> Config:
-    """Raises ValueError naming the offending field (= `--config.<field>`) and its range."""
+    """Raises ConfigError naming the offending field (= `--config.<field>`) and its range."""
+    _check_types(cfg)
+    _check_ranges(cfg)
+    _check_choices(cfg)
+    return cfg
+
+
+def _check_types(cfg: Config) -> None:
+    """Every field has its default's type (an int is a float too), and floats are finite."""
     for f in dataclasses.fields(Config):
         value, kind = getattr(cfg, f.name), type(f.default)
         _check(
@@ -99,6 +110,10 @@ def validate(cfg: Config) -> Config:
         )
         if kind is float:
             _check(math.isfinite(value), f"config.{f.name}={value} must be a finite number.")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """The numeric fields are in range, alone and against each other."""
     positive = (
         "n_way k_shot n_query image_size width meta_batch_size epochs iterations_per_epoch "
         "val_tasks eval_chunk log_every checkpoint_every"
@@ -129,6 +144,15 @@ def validate(cfg: Config) -> Config:
         f"config.constraint_lambda={cfg.constraint_lambda} must be >= 0.",
     )
     _check(cfg.seed >= 0, f"config.seed={cfg.seed} must be >= 0.")
+    _check(
+        cfg.msl_epochs >= 0 and cfg.first_order_epochs >= 0,
+        "config.msl_epochs and config.first_order_epochs must be >= 0.",
+    )
+
+
+def _check_choices(cfg: Config) -> None:
+    """The fields checked against the library and the disk: dataset, architecture,
+    task_batching, train_sigma_w, pulse_policy, device and init_from."""
     _check(cfg.dataset in DATASETS, f"config.dataset={cfg.dataset!r} is not one of {DATASETS}.")
     _check(
         cfg.architecture in models.ARCHITECTURES,
@@ -139,10 +163,6 @@ def validate(cfg: Config) -> Config:
         f"config.task_batching={cfg.task_batching!r} is not one of {batching.STRATEGIES} or "
         "'auto'.",
     )
-    _check(
-        cfg.msl_epochs >= 0 and cfg.first_order_epochs >= 0,
-        "config.msl_epochs and config.first_order_epochs must be >= 0.",
-    )
     _named("config.train_sigma_w", device.validate_sigma_w, cfg.train_sigma_w)
     _named("config.pulse_policy", device.pulse_policy, cfg.pulse_policy)
     _named("config.device", lambda d: device.validate(device.preset(d)), cfg.device)
@@ -150,36 +170,15 @@ def validate(cfg: Config) -> Config:
         not cfg.init_from or pathlib.Path(cfg.init_from).exists(),
         f"config.init_from={cfg.init_from!r}: no such checkpoint folder (a run's best/ folder).",
     )
-    return cfg
 
 
 def _named(name, check, value):
     """Runs `check(value)`, prefixing an error's message with the field's name."""
     try:
         check(value)
-    except (ValueError, FileNotFoundError) as e:
+    except errors.UserError as e:
         raise type(e)(f"{name}={value!r}: {e}") from None
 
-
-# The paper's tasks (MODEL.md 5): what each changes against the defaults (Omniglot 5-way).
-TASKS = {
-    "omniglot_5w1s": dict(n_way=5),
-    "omniglot_10w1s": dict(n_way=10),
-    "omniglot_20w1s": dict(n_way=20),
-    "omniglot_20w1s_w128": dict(n_way=20, width=128),
-    # MAML++ miniImageNet 5-way 1-shot (Antoniou et al. 2018): 84x84x3, inner LR 0.01,
-    # meta-batch 2, second order throughout; 64 filters as the ROA paper says (MAML++'s
-    # release used 48).
-    "miniimagenet_5w1s": dict(
-        dataset="miniimagenet",
-        image_size=84,
-        width=64,
-        inner_lr=0.01,
-        meta_batch_size=2,
-        first_order_epochs=0,
-    ),
-    "synthetic_5w1s": dict(dataset="synthetic", width=16),  # tests and demos
-}
 
 # The models the comparison meta-trains (each a run). The offline scheme needs none.
 #   roa: one inner step with the ROA constraint (k = 4): ROA, ROA-FLR and origin;
@@ -192,6 +191,8 @@ MODELS = {
     "five_step": dict(num_inner_steps=5, constraint_k=4.0),
 }
 SCALES = ("quick", "cpu", "cpu_long", "paper", "tiny")
+# The paper's (MAML++'s) meta-training: epochs x meta-steps per epoch.
+PAPER_EPOCHS, PAPER_ITERATIONS = 100, 500
 
 
 def model_config(task: str, model: str, scale: str) -> Config:
@@ -201,8 +202,9 @@ def model_config(task: str, model: str, scale: str) -> Config:
       MSL over 15 epochs, first order for the first 10 (Omniglot), second order afterwards.
     cpu: this project's 2-core budget, first order throughout, no MSL annealing, 100
       validation tasks per epoch; every model 6 epochs x 100 meta-steps of 8 tasks (5-way),
-      the larger tasks fewer tasks per step (`_CPU_BATCH`): each model meets the same tasks,
-      as in the paper, which trains every scheme for the same epochs and iterations.
+      the larger tasks fewer tasks per step (`Task.cpu_meta_batch_size`): each model meets
+      the same tasks, as in the paper, which trains every scheme for the same epochs and
+      iterations.
     quick: the README's main job (minutes): 1-step models 4 epochs x 100 of 8 tasks, the
       5-step one 2 x 100 of 4 (the one scale where the 5-step model meets fewer tasks: its
       steps cost ~6x a 1-step one's, BUILD_NOTES.md "Fair budgets"), 50 validation tasks.
@@ -210,24 +212,31 @@ def model_config(task: str, model: str, scale: str) -> Config:
       derivative-order annealing (first order for 10 epochs, then second order).
     tiny: seconds, for tests.
     """
-    _check(task in TASKS, f"--task={task!r} is not one of {sorted(TASKS)}.")
+    _check(task in tasks.TASKS, f"--task={task!r} is not one of {sorted(tasks.TASKS)}.")
     _check(model in MODELS, f"model {model!r} is not one of {sorted(MODELS)}.")
     _check(scale in SCALES, f"--scale={scale!r} is not one of {SCALES}.")
-    cfg = Config(**{**TASKS[task], **MODELS[model], "constraint_lambda": 0.1})
+    spec = tasks.TASKS[task]
+    cfg = Config(**{**spec.overrides, **MODELS[model], "constraint_lambda": 0.1})
     steps = cfg.num_inner_steps
     if scale == "paper":
-        return dataclasses.replace(cfg, epochs=100, iterations_per_epoch=500, val_tasks=600)
+        return dataclasses.replace(
+            cfg, epochs=PAPER_EPOCHS, iterations_per_epoch=PAPER_ITERATIONS, val_tasks=600
+        )
     if scale in ("quick", "cpu", "cpu_long"):
-        batch = _CPU_BATCH.get(task, cfg.meta_batch_size)
+        batch = spec.cpu_meta_batch_size or cfg.meta_batch_size
         epochs = {"cpu": 6, "cpu_long": 60}.get(scale, 4)
         if scale == "quick" and steps > 1:
             epochs, batch = 2, 4
+        # cpu_long anneals as MAML++ (first order for its first 10 epochs); quick and cpu are
+        # first order throughout, also when a run is extended (rundir.claim lets the epochs
+        # change) up to the paper's epochs.
+        first_order_epochs = 10 if scale == "cpu_long" else PAPER_EPOCHS
         return dataclasses.replace(
             cfg,
             epochs=epochs,
             iterations_per_epoch=100,
             meta_batch_size=batch,
-            first_order_epochs=10 if scale == "cpu_long" else cfg.epochs,
+            first_order_epochs=first_order_epochs,
             msl_epochs=0,
             val_tasks=50 if scale == "quick" else 100,
         )
@@ -242,22 +251,6 @@ def model_config(task: str, model: str, scale: str) -> Config:
         eval_chunk=4,
         log_every=2,
     )
-
-
-# Tasks per meta-step of every model at the cpu scales, where they differ from the task's
-# meta_batch_size: the two 20-way tasks share 4 (the 128-filter network's step is ~4x the
-# 64-filter one's, and the +2 % claim compares the two at the same training).
-_CPU_BATCH = {"omniglot_20w1s": 4, "omniglot_20w1s_w128": 4}
-
-# Tasks the paper shows in its ablation (Figure 5D) only, the 128-filter network: no 5-step
-# model (TASK_MODELS) and no offline baseline (`protocol`; --offline_steps adds it back).
-ABLATION_ONLY_TASKS = ("omniglot_20w1s_w128",)
-# The models each task needs, where not all three.
-TASK_MODELS = {task: ("roa", "roa_wc") for task in ABLATION_ONLY_TASKS}
-
-
-def task_models(task: str) -> tuple:
-    return TASK_MODELS.get(task, tuple(MODELS))
 
 
 class Protocol(NamedTuple):
@@ -279,26 +272,25 @@ PAPER_SIGMAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 def protocol(scale: str, task: str | None = None) -> Protocol:
     """The evaluation protocol of a scale (cpu_long evaluates as cpu), for `task`.
 
-    At the cpu scales the larger tasks evaluate fewer tasks (each adaptation costs more): both
-    20-way tasks 4 x 50 test and 50 validation tasks, miniImageNet 5 noise levels, rho up to 8
-    (the paper's best is about 4 there), 4 x 25 test and 40 validation tasks. The tasks of
-    ABLATION_ONLY_TASKS have no offline baseline at any scale.
+    At the cpu scales a task changes what its `Task.cpu_protocol` says (the larger tasks
+    evaluate fewer tasks: each adaptation costs more). An ablation-only task has no offline
+    baseline at any scale. `task` None (or a name not in tasks.TASKS): the scale's protocol.
     """
-    proto = _scale_protocol(scale, task)
-    return proto._replace(offline_steps=0) if task in ABLATION_ONLY_TASKS else proto
+    proto = _scale_protocol(scale)
+    spec = tasks.TASKS.get(task)
+    if spec is None:
+        return proto
+    if scale in ("cpu", "cpu_long"):
+        proto = proto._replace(**spec.cpu_protocol)
+    return proto._replace(offline_steps=0) if spec.ablation_only else proto
 
 
-def _scale_protocol(scale: str, task: str | None) -> Protocol:
+def _scale_protocol(scale: str) -> Protocol:
     _check(scale in SCALES, f"--scale={scale!r} is not one of {SCALES}.")
     if scale == "paper":
         return Protocol(PAPER_SIGMAS, (0.25, 0.5, 1.0, 2.0, 4.0, 8.0), 4, 600, 600)
     if scale in ("cpu", "cpu_long"):
-        proto = Protocol((0.0, 0.25, 0.5, 1.0, 2.0, 3.0), (0.5, 1.0, 2.0, 4.0), 4, 75, 100)
-        if task in ("omniglot_20w1s", "omniglot_20w1s_w128"):
-            return proto._replace(test_tasks=50, val_tasks=50)
-        if task == "miniimagenet_5w1s":
-            return Protocol((0.0, 0.5, 1.0, 2.0, 3.0), (0.5, 1.0, 2.0, 4.0, 8.0), 4, 25, 40)
-        return proto
+        return Protocol((0.0, 0.25, 0.5, 1.0, 2.0, 3.0), (0.5, 1.0, 2.0, 4.0), 4, 75, 100)
     if scale == "quick":
         # 48 tasks: whole chunks of 8 (50 would evaluate 56 and keep 50).
         return Protocol((0.0, 0.5, 1.0, 2.0, 3.0), (0.5, 1.0, 2.0, 4.0), 2, 48, 48)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from roa_jax import errors
+
 # Smallest |dG| (in S) fed to a square root, so that gradients stay finite at dG = 0.
 _TINY = 1e-30
 
@@ -73,9 +75,9 @@ def pulse_policy(name: str, max_pulses: float = np.inf) -> PulsePolicy:
     """Policy by name, as used in configs: 'open_loop' or 'model_inverse'."""
     policies = {"open_loop": open_loop, "model_inverse": model_inverse}
     if name not in policies:
-        raise ValueError(f"pulse_policy={name!r} is not one of {sorted(policies)}.")
+        raise errors.ConfigError(f"pulse_policy={name!r} is not one of {sorted(policies)}.")
     if not max_pulses > 0:
-        raise ValueError(f"max_pulses={max_pulses} must be > 0 (use inf for no cap).")
+        raise errors.ConfigError(f"max_pulses={max_pulses} must be > 0 (use inf for no cap).")
     return policies[name](max_pulses)
 
 
@@ -103,9 +105,9 @@ _LITERAL_NOISE = dict(noise_law=0.0, noise_scale=1.0)
 def with_noise(params: DeviceParams, law: str, scale: float = 1.0) -> DeviceParams:
     """`params` with the write-noise law `law` (one of NOISE_LAWS) at `scale`."""
     if law not in NOISE_LAWS:
-        raise ValueError(f"noise law {law!r} is not one of {NOISE_LAWS}.")
+        raise errors.DeviceError(f"noise law {law!r} is not one of {NOISE_LAWS}.")
     if not (math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"noise scale={scale} must be finite and >= 0.")
+        raise errors.DeviceError(f"noise scale={scale} must be finite and >= 0.")
     return params._replace(
         noise_law=jnp.float32(NOISE_LAWS.index(law)), noise_scale=jnp.float32(scale)
     )
@@ -114,7 +116,7 @@ def with_noise(params: DeviceParams, law: str, scale: float = 1.0) -> DevicePara
 def with_granularity(params: DeviceParams, factor: float) -> DeviceParams:
     """`params` with `factor` times as many pulses across the range (both rates / factor)."""
     if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"granularity factor={factor} must be finite and > 0.")
+        raise errors.DeviceError(f"granularity factor={factor} must be finite and > 0.")
     return params._replace(lam=params.lam / factor)
 
 
@@ -180,15 +182,15 @@ def preset(name: str) -> DeviceParams:
     """
     if name.endswith(".json"):
         if not os.path.isfile(name):
-            raise FileNotFoundError(f"device parameter file {name!r} does not exist.")
+            raise errors.DeviceError(f"device parameter file {name!r} does not exist.")
         return load_params(name)
     if name not in PRESETS:
-        raise ValueError(f"device preset {name!r} is not one of {sorted(PRESETS)}.")
+        raise errors.DeviceError(f"device preset {name!r} is not one of {sorted(PRESETS)}.")
     return PRESETS[name]()
 
 
 def validate(params: DeviceParams) -> DeviceParams:
-    """Raises ValueError if `params` are unphysical; returns them unchanged.
+    """Raises DeviceError if `params` are unphysical; returns them unchanged.
 
     Call it on concrete (not traced) parameters, at startup.
     """
@@ -205,7 +207,7 @@ def validate(params: DeviceParams) -> DeviceParams:
         checks.append((getattr(p, name) > 0, f"{name} must be > 0"))
     for ok, message in checks:
         if not np.all(ok):
-            raise ValueError(f"Invalid device parameters: {message}.")
+            raise errors.DeviceError(f"Invalid device parameters: {message}.")
     checks.append(
         (
             np.isin(p.noise_law, np.arange(len(NOISE_LAWS))),
@@ -215,10 +217,10 @@ def validate(params: DeviceParams) -> DeviceParams:
     checks.append((p.noise_scale >= 0, "noise_scale must be >= 0"))
     for ok, message in checks[-2:]:
         if not np.all(ok):
-            raise ValueError(f"Invalid device parameters: {message}.")
+            raise errors.DeviceError(f"Invalid device parameters: {message}.")
     g_min, g_max = conductance(0.0, p), conductance(1.0, p)
     if not np.all(g_min < g_max):
-        raise ValueError(
+        raise errors.DeviceError(
             f"Invalid device parameters: G_min ({np.min(g_min):.3g} S) must be < G_max "
             f"({np.max(g_max):.3g} S); adjust alpha/beta (G_min) or gamma/delta (G_max)."
         )
@@ -226,10 +228,12 @@ def validate(params: DeviceParams) -> DeviceParams:
 
 
 def validate_sigma_w(sigma_w) -> None:
-    """Raises ValueError for a negative or non-finite write-noise level."""
+    """Raises ConfigError for a negative or non-finite write-noise level."""
     s = np.asarray(sigma_w)
     if not (np.all(np.isfinite(s)) and np.all(s >= 0)):
-        raise ValueError(f"sigma_w={sigma_w} must be finite and >= 0 (dimensionless, Eq. 7).")
+        raise errors.ConfigError(
+            f"sigma_w={sigma_w} must be finite and >= 0 (dimensionless, Eq. 7)."
+        )
 
 
 # Physics for one device.
@@ -443,7 +447,7 @@ def sample_variation(key, params: DeviceParams, shape, spread: float) -> DeviceP
     the nominal values.
     """
     if not spread >= 0:
-        raise ValueError(f"variation spread={spread} must be >= 0.")
+        raise errors.DeviceError(f"variation spread={spread} must be >= 0.")
     k_alpha, k_gamma, k_lam = jax.random.split(key, 3)
 
     def scaled(k, x):
@@ -472,7 +476,7 @@ def save_params(path, params: DeviceParams) -> None:
     for name, x in params._asdict().items():
         x = np.asarray(x)
         if x.shape != () or not np.isfinite(x):
-            raise ValueError(f"save_params: field {name}={x} must be a finite scalar.")
+            raise errors.DeviceError(f"save_params: field {name}={x} must be a finite scalar.")
         values[name] = float(x)
     with open(path, "w") as f:
         json.dump(values, f, indent=2)
@@ -480,7 +484,7 @@ def save_params(path, params: DeviceParams) -> None:
 
 
 def load_params(path) -> DeviceParams:
-    """Reads parameters written by `save_params`; raises ValueError naming `path` if bad.
+    """Reads parameters written by `save_params`; raises DeviceError naming `path` if bad.
 
     The file must hold every `DeviceParams` field as a finite number and nothing else but
     'format' (= PARAMS_FORMAT); the result must pass `validate`.
@@ -489,9 +493,9 @@ def load_params(path) -> DeviceParams:
         with open(path) as f:
             values = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"device parameter file {path}: not valid JSON ({e}).") from e
+        raise errors.DeviceError(f"device parameter file {path}: not valid JSON ({e}).") from e
     if not isinstance(values, dict) or values.get("format") != PARAMS_FORMAT:
-        raise ValueError(
+        raise errors.DeviceError(
             f"device parameter file {path}: expected a JSON object with "
             f"'format': {PARAMS_FORMAT!r}."
         )
@@ -503,16 +507,16 @@ def load_params(path) -> DeviceParams:
     if unknown := sorted(set(values) - fields - {"format"}):
         problems.append(f"unknown fields {unknown}")
     if problems:
-        raise ValueError(f"device parameter file {path}: {', '.join(problems)}.")
+        raise errors.DeviceError(f"device parameter file {path}: {', '.join(problems)}.")
     for name in DeviceParams._fields:
         x = values[name]
         number = isinstance(x, (int, float)) and not isinstance(x, bool)
         if not (number and math.isfinite(x) and abs(x) <= float(np.finfo(np.float32).max)):
-            raise ValueError(
+            raise errors.DeviceError(
                 f"device parameter file {path}: {name}={x!r} is not a finite float32 number."
             )
     params = DeviceParams(**{name: jnp.float32(values[name]) for name in DeviceParams._fields})
     try:
         return validate(params)
-    except ValueError as e:
-        raise ValueError(f"device parameter file {path}: {e}") from e
+    except errors.DeviceError as e:
+        raise errors.DeviceError(f"device parameter file {path}: {e}") from e

@@ -1,25 +1,27 @@
-"""Many devices and many hosts: a mesh, sharded sweeps, data-parallel meta-steps, process 0.
+"""Many devices and many hosts: a mesh, global arrays, data-parallel meta-steps, process 0.
 
 One axis of devices (`mesh`) carries whatever is independent: grid points of a sweep
-(`sweep`: each device evaluates its share of the points, no collective) or the tasks of a
-meta-batch (`data_parallel`: the episode batch sharded along its task axis, the train state
-replicated; the meta-gradient is averaged by the reduction XLA inserts for the mean over
-tasks, no hand-written all-reduce). Inside a device, points or tasks are mapped with the
-backend's measured strategy (`batching.map_tasks(..., mesh=)`: a `jax.shard_map` of the
-per-device map). Every random draw keys on the point or task, never on the device, so the
-numbers equal the one-device ones (bit for bit where the strategy is the same; a sum of
-per-device gradients rounds differently in the last bits).
+(`evaluation.sweep(..., mesh=)`: each device evaluates its share of the points, no
+collective) or the tasks of a meta-batch (`data_parallel`: the episode batch sharded along its
+task axis, the train state replicated; the meta-gradient is averaged by the reduction XLA
+inserts for the mean over tasks, no hand-written all-reduce). Inside a device, points or tasks
+are mapped with the backend's measured strategy (`batching.map_tasks(..., mesh=)`: a
+`jax.shard_map` of the per-device map). Every random draw keys on the point or task, never on
+the device, so the numbers equal the one-device ones (bit for bit where the strategy is the
+same; a sum of per-device gradients rounds differently in the last bits).
 
 Many hosts: `initialize` joins the processes (`jax.distributed.initialize`) before any JAX
 computation; afterwards `jax.devices()` lists every process's devices, each process computes
 only the shards on its own devices (its share of the tasks), and `is_main` (process 0) alone
 writes files. Run folders and output folders must be on a filesystem all hosts share.
+
+This module sits below the model code (it imports none): the engines take a mesh as an
+argument and use its helpers, and the run folder (rundir) its process-0 decisions.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 import jax
@@ -27,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from roa_jax import batching, device, evaluation
+from roa_jax import errors
 from roa_jax.data import episodes as episodes_lib
 
 # Launchers whose multi-process runs `jax.distributed.initialize()` detects on its own: the
@@ -58,17 +60,17 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None) ->
             jax.distributed.initialize()
         return bool(launcher)
     if missing := [name for name, v in given.items() if v is None]:
-        raise ValueError(
+        raise errors.ConfigError(
             f"--{', --'.join(missing)} missing: a multi-process run needs "
             "--coordinator_address, --num_processes and --process_id (or JAX_COORDINATOR_"
             "ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."
         )
     if num < 1 or not 0 <= pid < num:
-        raise ValueError(
+        raise errors.ConfigError(
             f"--num_processes={num} must be >= 1 and --process_id={pid} in [0, {num - 1}]."
         )
     if ":" not in address:
-        raise ValueError(f"--coordinator_address={address!r} must be host:port.")
+        raise errors.ConfigError(f"--coordinator_address={address!r} must be host:port.")
     if num == 1:
         return False
     jax.distributed.initialize(address, num, pid)
@@ -82,7 +84,7 @@ def _int(name, value, env, default=None):
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--{name}={text!r} (or ${env}) must be an integer.") from None
+        raise errors.ConfigError(f"--{name}={text!r} (or ${env}) must be an integer.") from None
 
 
 def is_main() -> bool:
@@ -95,21 +97,26 @@ def mesh(axis: str = "grid", devices=None) -> Mesh:
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (axis,))
 
 
-def replicate(tree, mesh_: Mesh):
+def replicate(tree, mesh_: Mesh | None):
     """`tree`'s arrays as global arrays with a full copy on every device of `mesh_`.
 
     Every process must pass the same values. Python scalars and arrays already replicated
-    on `mesh_` are left as they are.
+    on `mesh_` are left as they are; with no mesh (one device) the whole tree is.
     """
+    if mesh_ is None:
+        return tree
     sharding = NamedSharding(mesh_, PartitionSpec())
     return jax.tree.map(functools.partial(_put, sharding=sharding), tree)
 
 
-def shard(tree, mesh_: Mesh):
+def shard(tree, mesh_: Mesh | None):
     """`tree`'s arrays as global arrays split along their leading axis over `mesh_`.
 
-    Every process passes the whole (same) value and keeps the slices of its devices.
+    Every process passes the whole (same) value and keeps the slices of its devices. With no
+    mesh (one device) the tree is left as it is.
     """
+    if mesh_ is None:
+        return tree
     sharding = NamedSharding(mesh_, PartitionSpec(mesh_.axis_names[0]))
     return jax.tree.map(functools.partial(_put, sharding=sharding), tree)
 
@@ -141,83 +148,6 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-# Sweeps: the grid split over the mesh.
-
-
-@functools.partial(jax.jit, static_argnames=("setting", "strategy", "mesh_"))
-def _sweep_shards(key, meta, images, norm, devices, policy, grid, chunk, setting, strategy, mesh_):
-    def shard_of_points(key, meta, images, norm, devices, policy, grid, chunk):
-        def point(*p):
-            return evaluation.evaluate_point(
-                key, meta, images, norm, devices, policy, p, chunk, setting
-            )
-
-        return batching.map_tasks(point, *grid, strategy=strategy)
-
-    # The shared values enter as replicated inputs, not closed over: inside the shard_map a
-    # closed-over global array keeps the outer mesh's sharding, which indexing refuses.
-    spec = PartitionSpec(mesh_.axis_names[0])
-    return jax.shard_map(
-        shard_of_points,
-        mesh=mesh_,
-        in_specs=(PartitionSpec(),) * 6 + (spec, PartitionSpec()),
-        out_specs=spec,
-        check_vma=False,
-    )(key, meta, images, norm, devices, policy, grid, chunk)
-
-
-def sweep(
-    key,
-    meta,
-    images,
-    norm,
-    devices: device.DeviceParams,
-    grid: evaluation.Grid,
-    num_tasks: int,
-    setting: evaluation.Setting,
-    policy: device.PulsePolicy | None = None,
-    strategy: str = "auto",
-    progress=None,
-    *,
-    mesh: Mesh,
-):
-    """`evaluation.sweep` with the grid split over the devices of `mesh` (same numbers).
-
-    The grid is padded (with copies of its last point) to whole shares per device. The
-    strategy says how a device maps its share: 'loop' (the XLA:CPU default) is a loop of
-    programs that each evaluate one point per device; 'vmap', 'map' and 'unroll' evaluate a
-    device's whole share in one program per chunk. Arguments as `evaluation.sweep`; every
-    process passes the same ones and gets the whole result.
-    """
-    batching.check(strategy, batching.GRID_STRATEGIES)
-    strategy = batching.default_grid_strategy() if strategy == "auto" else strategy
-    policy = device.open_loop() if policy is None else policy
-    size, num_points = mesh.size, len(grid.seed)
-    per_call = size if strategy == "loop" else math.ceil(num_points / size) * size
-    padded = math.ceil(num_points / per_call) * per_call
-
-    def pad(x):
-        x = np.asarray(x)
-        return np.concatenate([x, np.repeat(x[-1:], padded - num_points)])
-
-    grid_p = evaluation.Grid(*(pad(x) for x in grid))
-    calls = [
-        shard(evaluation.Grid(*(x[i : i + per_call] for x in grid_p)), mesh)
-        for i in range(0, padded, per_call)
-    ]
-    norm = tuple(np.asarray(x, np.float32) for x in norm)
-    shared = replicate((key, meta, images, norm, devices, policy), mesh)
-    inner = "unroll" if strategy == "loop" else strategy  # one point per device per program
-    num_chunks = math.ceil(num_tasks / setting.chunk)
-    out = []
-    for c in range(num_chunks):
-        accs = [gather(_sweep_shards(*shared, g, np.int32(c), setting, inner, mesh)) for g in calls]
-        out.append(np.concatenate(accs)[:num_points])
-        if progress is not None:
-            progress(c + 1, num_chunks)
-    return np.concatenate(out, axis=1)[:, :num_tasks]
-
-
 # Meta-training: the meta-batch split over the mesh.
 
 
@@ -225,19 +155,19 @@ def training_mesh(data_parallel: bool, meta_batch_size: int) -> Mesh | None:
     """The mesh of data-parallel meta-training (axis 'tasks'), or None; checks the config.
 
     Raises:
-      ValueError: naming config.meta_batch_size if the tasks do not split evenly over the
+      ConfigError: naming config.meta_batch_size if the tasks do not split evenly over the
         devices, or config.data_parallel if several processes would train without it.
     """
     if not data_parallel:
         if jax.process_count() > 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.data_parallel=False in a run of {jax.process_count()} processes: "
                 "set --config.data_parallel=True (multi-host meta-training is data parallel)."
             )
         return None
     count = jax.device_count()
     if meta_batch_size % count:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.meta_batch_size={meta_batch_size} must be a multiple of the {count} "
             "devices that config.data_parallel=True splits the tasks over."
         )

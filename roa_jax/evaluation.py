@@ -19,7 +19,9 @@ Kinds of point (`Setting.kind`), each a scheme of roa.py:
 
 from __future__ import annotations
 
+import functools
 import math
+from operator import itemgetter
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from roa_jax import batching, device, roa, writers
+from roa_jax import batching, device, distributed, roa, writers
 from roa_jax.data import episodes as episodes_lib
 
 KINDS = ("adapt", "origin", "offline")
@@ -136,26 +138,39 @@ def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setti
     return evaluate_tasks(keys, meta, episodes, devices, policy, tuple(where), setting)
 
 
-def _cut(tree, start, stop):
-    """Tasks start .. stop - 1 of a batch (leading axis of every leaf)."""
-    return jax.tree.map(lambda x: x[start:stop], tree)
-
-
-# The loop strategy draws each chunk's tasks in a program of their own, so the (costly) program
+# The loop strategy draws each round's tasks in a program of their own, so the (costly) program
 # of the scheme does not depend on the split's number of classes: validation and test parts
-# of one model share it.
-_draw_jit = jax.jit(draw_tasks, static_argnames=("shape",))
-_tasks_jit = jax.jit(evaluate_tasks, static_argnames=("setting",))
+# of one model share it. Its pieces are the tasks of one program each (`program_tasks`).
+@functools.partial(jax.jit, static_argnames=("shape", "step", "mesh"))
+def _draw_round(key, images, norm, seeds, chunk, shape, step, mesh):
+    def one(key, images, norm, chunk, seed):
+        drawn = draw_tasks(key, images, norm, seed, chunk, shape)
+        return [
+            jax.tree.map(itemgetter(slice(a, a + step)), drawn) for a in range(0, shape[0], step)
+        ]
+
+    shared = (key, images, norm, chunk)
+    return batching.map_tasks(one, seeds, strategy="unroll", mesh=mesh, shared=shared)
 
 
-def _sweep_chunk(key, meta, images, norm, devices, policy, grid, chunk, setting, strategy):
-    def point(*p):
-        return evaluate_point(key, meta, images, norm, devices, policy, p, chunk, setting)
+@functools.partial(jax.jit, static_argnames=("setting", "mesh"))
+def _tasks_round(episodes, keys, meta, devices, policy, where, setting, mesh):
+    def one(meta, devices, policy, episodes, keys, *where):
+        return evaluate_tasks(keys, meta, episodes, devices, policy, where, setting)
 
-    return batching.map_tasks(point, *grid, strategy=strategy)
+    shared = (meta, devices, policy)
+    return batching.map_tasks(
+        one, episodes, keys, *where, strategy="unroll", mesh=mesh, shared=shared
+    )
 
 
-_sweep_chunk_jit = jax.jit(_sweep_chunk, static_argnames=("setting", "strategy"))
+@functools.partial(jax.jit, static_argnames=("setting", "strategy", "mesh"))
+def _points(key, meta, images, norm, devices, policy, grid, chunk, setting, strategy, mesh):
+    def one(key, meta, images, norm, devices, policy, chunk, *point):
+        return evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setting)
+
+    shared = (key, meta, images, norm, devices, policy, chunk)
+    return batching.map_tasks(one, *grid, strategy=strategy, mesh=mesh, shared=shared)
 
 
 @batching.in_sweep_precision
@@ -175,6 +190,13 @@ def sweep(
 ):
     """Accuracy [G, num_tasks] of every grid point on `num_tasks` tasks per seed.
 
+    The points go in rounds. 'loop' (the XLA:CPU default): a round is one point per device,
+    its tasks drawn by one program and evaluated `setting.program_tasks` at a time by others;
+    'vmap', 'map', 'unroll': one round of the whole grid, one program per chunk in which each
+    device maps its share of the points with the strategy. With a mesh, each device runs what
+    one device would on its points (`batching.map_tasks(..., mesh=)`): the one-device
+    numbers, bit for bit where that is a per-point program ('loop', 'map', 'unroll').
+
     Args:
       key: base key of the split (tasks and noise derive from it, the point's seed and chunk).
       meta: meta-parameters ('adapt', 'origin'); unused by 'offline'.
@@ -185,52 +207,49 @@ def sweep(
       num_tasks: tasks per point (rounded up to whole chunks, then cut).
       setting: scheme and episode shape.
       policy: pulse policy of the writes; default open_loop.
-      strategy: 'auto', 'vmap', 'map' or 'unroll' (one compiled program per chunk over the
-        whole grid), or 'loop' (a Python loop of single-point programs).
+      strategy: 'auto', 'loop', 'vmap', 'map' or 'unroll' (`batching.GRID_STRATEGIES`).
       progress: optional callable(chunks_done, chunks_total).
-      mesh: a `jax.sharding.Mesh` (`distributed.mesh()`); with more than one device the grid
-        is split over them (`distributed.sweep`; the same numbers).
+      mesh: a `jax.sharding.Mesh` (`distributed.mesh()`) to split the grid over (padded with
+        copies of its last point to whole rounds); every process passes the same arguments
+        and gets the whole result. None or one device: the default device.
     """
-    if mesh is not None and mesh.size > 1:
-        from roa_jax import distributed  # imported here: it builds on this module
-
-        args = (key, meta, images, norm, devices, grid, num_tasks, setting, policy, strategy)
-        return distributed.sweep(*args, progress, mesh=mesh)
     batching.check(strategy, batching.GRID_STRATEGIES)
     strategy = batching.default_grid_strategy() if strategy == "auto" else strategy
     policy = device.open_loop() if policy is None else policy
-    norm = tuple(jnp.asarray(x, jnp.float32) for x in norm)
-    grid_j = Grid(*(jnp.asarray(x) for x in grid))
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    size, num_points = 1 if mesh is None else mesh.size, len(grid.seed)
+    per_round = size if strategy == "loop" else math.ceil(num_points / size) * size
+    padded = math.ceil(num_points / per_round) * per_round
+    grid = Grid(
+        *(np.concatenate([x, np.repeat(x[-1:], padded - len(x))]) for x in map(np.asarray, grid))
+    )
+    rounds = [Grid(*(x[i : i + per_round] for x in grid)) for i in range(0, padded, per_round)]
+    placed = [distributed.shard(g, mesh) for g in rounds]
+    norm = tuple(np.asarray(x, np.float32) for x in norm)
+    shared = distributed.replicate((key, meta, images, norm, devices, policy), mesh)
+    key, meta, images, norm, devices, policy = shared
+    shape, step = episode_shape(setting), setting.program_tasks
     num_chunks = math.ceil(num_tasks / setting.chunk)
-    shape = episode_shape(setting)
     out = []
     for c in range(num_chunks):
-        if strategy == "loop":
-            drawn = {}  # {seed: (episodes, noise keys)}: every point of a seed sees its tasks
-            rows, step = [], setting.program_tasks
-            for *where, seed in zip(*grid_j, strict=True):
-                if int(seed) not in drawn:
-                    drawn[int(seed)] = _draw_jit(key, images, norm, seed, c, shape)
-                episodes, keys = drawn[int(seed)]
-                parts = [
-                    _tasks_jit(
-                        keys[a : a + step],
-                        meta,
-                        _cut(episodes, a, a + step),
-                        devices,
-                        policy,
-                        tuple(where),
-                        setting,
-                    )
-                    for a in range(0, setting.chunk, step)
+        chunk, drawn, rows = np.int32(c), {}, []  # rows: per round, its pieces [points, tasks]
+        for g, here in zip(rounds, placed, strict=True):
+            if strategy != "loop":
+                rows.append([_points(*shared, here, chunk, setting, strategy, mesh)])
+                continue
+            seeds = tuple(g.seed.tolist())  # every point of the same seeds sees their tasks
+            if seeds not in drawn:
+                drawn[seeds] = _draw_round(key, images, norm, here.seed, chunk, shape, step, mesh)
+            where = tuple(here[:3])
+            rows.append(
+                [
+                    _tasks_round(*p, meta, devices, policy, where, setting, mesh)
+                    for p in drawn[seeds]
                 ]
-                rows.append(jnp.concatenate(parts))
-            acc = jnp.stack(rows)
-        else:
-            acc = _sweep_chunk_jit(
-                key, meta, images, norm, devices, policy, grid_j, c, setting, strategy
             )
-        out.append(np.asarray(acc))
+        # Gathered once every program of the chunk is queued.
+        acc = np.concatenate([np.concatenate([distributed.gather(x) for x in r], 1) for r in rows])
+        out.append(acc[:num_points])
         if progress is not None:
             progress(c + 1, num_chunks)
     return np.concatenate(out, axis=1)[:, :num_tasks]

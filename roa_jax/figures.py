@@ -1,4 +1,4 @@
-"""The paper's Figures 3-6, Table 2 and an overview from a results dict (comparison.evaluate)."""
+"""The paper's Figures 3-6, Table 2 and an overview from a results.Results (comparison.evaluate)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from roa_jax import results as results_lib  # noqa: E402
+from roa_jax import tasks  # noqa: E402
+from roa_jax.results import (  # noqa: E402
+    FIVE_STEP,
+    FIVE_STEP_MODEL,
+    OFFLINE,
+    ROA,
+    ROA_FLR,
+    ROA_MODEL,
+    ROA_WC,
+    ROA_WC_FLR,
+    ROA_WC_MODEL,
+)
 
-def comparison_methods():
-    from roa_jax import comparison  # matplotlib first; comparison pulls in the whole library
-
-    return comparison.METHODS
+_ABLATIONS = (ROA, ROA_WC, ROA_FLR, ROA_WC_FLR)  # Figure 5
 
 
 def _by_sigma(rows):
@@ -24,13 +34,13 @@ def _by_sigma(rows):
 
 
 def _method(results, name):
-    return [r for r in results["methods"] if r["method"] == name]
+    return results.rows(name)
 
 
 def _references(ax, results):
     """Chance level and the ideal origin line of the ROA network."""
-    ax.axhline(100 * results["chance"], color="grey", ls=":", label="chance")
-    origin = results.get("origin", {}).get("roa")
+    ax.axhline(100 * results.chance, color="grey", ls=":", label="chance")
+    origin = results.origin.get(ROA_MODEL)
     if origin:
         ax.axhline(100 * origin["accuracy"], color="black", ls="--", label="origin")
     _accuracy_axes(ax)
@@ -56,16 +66,16 @@ def _curves(ax, results, methods):
 def figure3(results, path):
     """(A) 1-step (ROA) vs 5-step online accuracy; (B) their best rho (chosen on val) vs noise."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    _curves(a, results, [("ROA", {"marker": "o"}), ("5-step", {"marker": "s"})])
-    a.set_title(f"(A) {results['title']}: 1-step vs 5-step")
+    _curves(a, results, [(ROA, {"marker": "o"}), (FIVE_STEP, {"marker": "s"})])
+    a.set_title(f"(A) {results.title}: 1-step vs 5-step")
     _best_rho(b, results)
     b.set_title("(B) best rho vs noise")
     return _save(fig, path)
 
 
 def _best_rho(ax, results):
-    for model, label, marker in (("roa", "ROA", "o"), ("five_step", "5-step", "s")):
-        best = results["best_rho"].get(model, {})
+    for model, label, marker in ((ROA_MODEL, ROA, "o"), (FIVE_STEP_MODEL, FIVE_STEP, "s")):
+        best = results.best_rho.get(model, {})
         if best:
             s = sorted(best)
             ax.plot(s, [best[x] for x in s], marker=marker, label=f"{label} (rho chosen on val)")
@@ -78,27 +88,26 @@ def _best_rho(ax, results):
 
 def figure4(results, path):
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    _curves(ax, results, [("ROA", {"marker": "o"}), ("offline", {"marker": "^"})])
-    ax.set_title(f"{results['title']}: offline (5-step, 1 write) vs ROA")
+    _curves(ax, results, [(ROA, {"marker": "o"}), (OFFLINE, {"marker": "^"})])
+    ax.set_title(f"{results.title}: offline (5-step, 1 write) vs ROA")
     return _save(fig, path)
 
 
 def figure5(results, path):
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    methods = ["ROA", "ROA-WC", "ROA-FLR", "ROA-WC-FLR (MAML++)"]
-    _curves(ax, results, [(m, {"marker": mk}) for m, mk in zip(methods, "osD^", strict=True)])
-    ax.set_title(f"{results['title']}: ablations")
+    _curves(ax, results, [(m, {"marker": mk}) for m, mk in zip(_ABLATIONS, "osD^", strict=True)])
+    ax.set_title(f"{results.title}: ablations")
     return _save(fig, path)
 
 
 def figure6(results, path):
     """Heatmaps of test accuracy over noise x rho: (A) ROA, (B) ROA-WC, (C) 5-step."""
-    panels = [("roa_test", "ROA"), ("roa_wc_test", "ROA-WC"), ("five_step_test", "5-step")]
-    panels = [(p, t) for p, t in panels if p in results["parts"]]
+    panels = [(ROA_MODEL, ROA), (ROA_WC_MODEL, ROA_WC), (FIVE_STEP_MODEL, FIVE_STEP)]
+    panels = [(m, t) for m, t in panels if results.part_rows(m, "test") is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
-    for ax, letter, (part, title) in zip(axes[0], "ABC", panels, strict=False):
-        _heatmap(fig, ax, results["parts"][part]["rows"])
-        ax.set_title(f"({letter}) {title}, {results['title']}: test accuracy (%)", fontsize=9)
+    for ax, letter, (model, title) in zip(axes[0], "ABC", panels, strict=False):
+        _heatmap(fig, ax, results.part_rows(model, "test"))
+        ax.set_title(f"({letter}) {title}, {results.title}: test accuracy (%)", fontsize=9)
     return _save(fig, path)
 
 
@@ -124,37 +133,37 @@ def overview(results, path):
     """Every method against noise in one panel, with chance and origin (the main job's figure)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = "osD^vPx"
-    methods = [m for m, _, _ in comparison_methods()] + ["offline"]
+    methods = results_lib.METHOD_NAMES
     _curves(ax, results, [(m, {"marker": k}) for m, k in zip(methods, markers, strict=False)])
-    ax.set_title(f"{results['title']}: one-step ROA against the other schemes")
+    ax.set_title(f"{results.title}: one-step ROA against the other schemes")
     return _save(fig, path)
 
 
 def table2(results) -> str:
     """Markdown: methods x noise levels, mean +- 95 % CI (%), chance and origin noted."""
-    methods = [m for m, _, _ in comparison_methods()] + ["offline"]
-    sigmas = sorted({r["sigma_w"] for r in results["methods"]})
+    sigmas = sorted({r["sigma_w"] for r in results.methods})
     lines = [
-        f"Table 2 ({results['title']}): test accuracy (%), mean of {results['seeds']} repeats "
-        f"+- 95 % CI over all tasks. Chance {100 * results['chance']:.1f} %."
+        f"Table 2 ({results.title}): test accuracy (%), mean of {results.seeds} repeats "
+        f"+- 95 % CI over all tasks. Chance {100 * results.chance:.1f} %."
     ]
-    row = results.get("origin", {}).get("roa")
+    row = results.origin.get(ROA_MODEL)
     if row:
         lines[0] += (
             f" Origin (ideal weights) {100 * row['accuracy']:.1f} +- {100 * row['ci95']:.1f}."
         )
     lines += ["", "| method | " + " | ".join(f"σw={s:g}" for s in sigmas) + " |"]
     lines.append("|---" * (len(sigmas) + 1) + "|")
-    for method in methods:
+    for method in results_lib.METHOD_NAMES:
         rows = {r["sigma_w"]: r for r in _method(results, method)}
         if not rows:
             continue
         cells = [_pm(rows[s]) if s in rows else "" for s in sigmas]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    for model, label in (("roa", "ROA"), ("five_step", "5-step")):
-        best = results["best_rho"].get(model)
+    for model, label in ((ROA_MODEL, ROA), (FIVE_STEP_MODEL, FIVE_STEP)):
+        best = results.best_rho.get(model)
         if best:
-            cells = " | ".join(f"{best[s]:g}" if s in best else "" for s in sigmas)
+            rhos = [best.get(results_lib.sigma_key(s)) for s in sigmas]
+            cells = " | ".join("" if rho is None else f"{rho:g}" for rho in rhos)
             lines.append(f"| {label}'s rho (val) | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -178,85 +187,73 @@ def make_all(results, out_dir) -> list[pathlib.Path]:
     without a 5-step model, Figure 4 (offline vs ROA) without the offline baseline (the
     128-filter task has neither). Only process 0 writes; the others get [].
     """
-    from roa_jax import distributed  # matplotlib first, as comparison_methods
+    from roa_jax import distributed  # matplotlib first; distributed pulls in jax
 
     if not distributed.is_main():
         return []
     out = pathlib.Path(out_dir)
     paths = []
-    if _method(results, "5-step"):
+    if _method(results, FIVE_STEP):
         paths.append(figure3(results, out / "figure3.png"))
-    if _method(results, "offline"):
+    if _method(results, OFFLINE):
         paths.append(figure4(results, out / "figure4.png"))
     paths.append(figure5(results, out / "figure5.png"))
-    if "roa_test" in results["parts"]:
+    if results.part_rows(ROA_MODEL, "test") is not None:
         paths.append(figure6(results, out / "figure6.png"))
     paths.append(overview(results, out / "overview.png"))
     (out / "table2.md").write_text(table2(results))
     return [*paths, out / "table2.md"]
 
 
-# The paper's multi-panel figures, assembled across tasks ({task: results}).
+# The paper's multi-panel figures, assembled across tasks ({task: results}); each task's title
+# and MAML++'s published accuracy are in tasks.TASKS.
 
-PAPER_TASKS = {
-    "omniglot_5w1s": "5-way 1-shot Omniglot",
-    "omniglot_10w1s": "10-way 1-shot Omniglot",
-    "omniglot_20w1s": "20-way 1-shot Omniglot",
-    "omniglot_20w1s_w128": "20-way 1-shot Omniglot, 128 filters",
-    "miniimagenet_5w1s": "5-way 1-shot miniImageNet",
-}
-# MAML++'s published test accuracy (%) at the paper's protocol (Antoniou et al. 2018, Table 1;
-# MODEL.md 5), for the tasks it reports, and that protocol's meta-steps (100 epochs x 500).
-MAMLPP_ACCURACY = {"omniglot_5w1s": 99.47, "omniglot_20w1s": 97.65, "miniimagenet_5w1s": 52.40}
-_PAPER_META_STEPS = 100 * 500
-_FIGURE3_TASKS = ("omniglot_5w1s", "omniglot_10w1s", "omniglot_20w1s", "miniimagenet_5w1s")
+_PAPER_META_STEPS = 100 * 500  # the paper's protocol: 100 epochs x 500 meta-steps
 _LETTERS = "ABCDEFGH"
 
 
-def _panels(by_task, tasks, rows, width=4.2, height=3.4):
-    tasks = [t for t in tasks if t in by_task]
-    fig, axes = plt.subplots(
-        rows, max(len(tasks), 1), figsize=(width * max(len(tasks), 1), height * rows), squeeze=False
-    )
-    return fig, axes, tasks
+def _panels(by_task, names, rows, width=4.2, height=3.4):
+    """A figure with `rows` rows and a column per task of `names` that has results."""
+    shown = [t for t in names if t in by_task]
+    columns = max(len(shown), 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    return fig, axes, shown
 
 
 def paper_figure3(by_task: dict, path):
     """Figure 3: (A-D) 1-step vs 5-step per task, (E-H) their best rho vs noise."""
-    fig, axes, tasks = _panels(by_task, _FIGURE3_TASKS, 2)
-    for j, task in enumerate(tasks):
-        _curves(axes[0, j], by_task[task], [("ROA", {"marker": "o"}), ("5-step", {"marker": "s"})])
-        axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
+    fig, axes, shown = _panels(by_task, tasks.FIGURE3_TASKS, 2)
+    for j, task in enumerate(shown):
+        title = tasks.TASKS[task].title
+        _curves(axes[0, j], by_task[task], [(ROA, {"marker": "o"}), (FIVE_STEP, {"marker": "s"})])
+        axes[0, j].set_title(f"({_LETTERS[j]}) {title}", fontsize=9)
         _best_rho(axes[1, j], by_task[task])
-        axes[1, j].set_title(
-            f"({_LETTERS[j + len(tasks)]}) best rho, {PAPER_TASKS[task]}", fontsize=9
-        )
+        axes[1, j].set_title(f"({_LETTERS[j + len(shown)]}) best rho, {title}", fontsize=9)
     return _save(fig, path)
 
 
 def paper_figure4(by_task: dict, path):
     """Figure 4: (A-D) offline (trained per task, one write) vs ROA per task."""
-    fig, axes, tasks = _panels(by_task, _FIGURE3_TASKS, 1)
-    for j, task in enumerate(tasks):
-        _curves(axes[0, j], by_task[task], [("ROA", {"marker": "o"}), ("offline", {"marker": "^"})])
-        axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
+    fig, axes, shown = _panels(by_task, tasks.FIGURE3_TASKS, 1)
+    for j, task in enumerate(shown):
+        _curves(axes[0, j], by_task[task], [(ROA, {"marker": "o"}), (OFFLINE, {"marker": "^"})])
+        axes[0, j].set_title(f"({_LETTERS[j]}) {tasks.TASKS[task].title}", fontsize=9)
     return _save(fig, path)
 
 
 def paper_figure5(by_task: dict, path):
     """Figure 5: (A-E) ROA, ROA-WC, ROA-FLR and ROA-WC-FLR per task, D the 128-filter network."""
-    fig, axes, tasks = _panels(by_task, tuple(PAPER_TASKS), 1)
-    methods = ["ROA", "ROA-WC", "ROA-FLR", "ROA-WC-FLR (MAML++)"]
-    styles = [(m, {"marker": k}) for m, k in zip(methods, "osD^", strict=True)]
-    for j, task in enumerate(tasks):
+    fig, axes, shown = _panels(by_task, tasks.PAPER_TASKS, 1)
+    styles = [(m, {"marker": k}) for m, k in zip(_ABLATIONS, "osD^", strict=True)]
+    for j, task in enumerate(shown):
         _curves(axes[0, j], by_task[task], styles)
-        axes[0, j].set_title(f"({_LETTERS[j]}) {PAPER_TASKS[task]}", fontsize=9)
+        axes[0, j].set_title(f"({_LETTERS[j]}) {tasks.TASKS[task].title}", fontsize=9)
     return _save(fig, path)
 
 
 def _present(by_task: dict):
     """(task, title, results) for the paper's tasks that have results, in the paper's order."""
-    return [(t, title, by_task[t]) for t, title in PAPER_TASKS.items() if t in by_task]
+    return [(t, tasks.TASKS[t].title, by_task[t]) for t in tasks.PAPER_TASKS if t in by_task]
 
 
 def maml_sanity_table(by_task: dict) -> str:
@@ -267,7 +264,7 @@ def maml_sanity_table(by_task: dict) -> str:
     """
 
     def origin(results, model):
-        o = results.get("origin", {}).get(model)
+        o = results.origin.get(model)
         return _pm(o) if o else "–"
 
     lines = [
@@ -276,13 +273,13 @@ def maml_sanity_table(by_task: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for task, title, results in _present(by_task):
-        cfg = results["models"]["roa"]
+        cfg = results.models[ROA_MODEL]
         steps = cfg["epochs"] * cfg["iterations_per_epoch"]
-        published = MAMLPP_ACCURACY.get(task)
-        proto = results["protocol"]
+        published = tasks.TASKS[task].mamlpp_accuracy
+        proto = results.protocol
         lines.append(
             f"| {title} | {f'{published:.2f}' if published else '– (not reported)'} "
-            f"| {origin(results, 'roa')} | {origin(results, 'roa_wc')} "
+            f"| {origin(results, ROA_MODEL)} | {origin(results, ROA_WC_MODEL)} "
             f"| {steps} x {cfg['meta_batch_size']} ({100 * steps / _PAPER_META_STEPS:.1f} %) "
             f"| {proto['seeds']} x {proto['test_tasks']} |"
         )
@@ -297,16 +294,16 @@ def paper_table2(by_task: dict) -> str:
         "",
     ]
     for _, title, results in _present(by_task):
-        sigmas = sorted({r["sigma_w"] for r in results["methods"]})
-        origin = results.get("origin", {}).get("roa")
+        sigmas = sorted({r["sigma_w"] for r in results.methods})
+        origin = results.origin.get(ROA_MODEL)
         origin_text = f", origin {100 * origin['accuracy']:.1f}" if origin else ""
         lines += [
-            f"**{title}** (chance {100 * results['chance']:.1f}{origin_text})",
+            f"**{title}** (chance {100 * results.chance:.1f}{origin_text})",
             "",
             "| method | " + " | ".join(f"σw={s:g}" for s in sigmas) + " |",
             "|---" * (len(sigmas) + 1) + "|",
         ]
-        for method in ("ROA", "5-step", "ROA-WC", "ROA-FLR"):
+        for method in _SCALE_METHODS:
             rows = {r["sigma_w"]: r for r in _method(results, method)}
             if rows:
                 cells = [f"{100 * rows[s]['accuracy']:.1f}" if s in rows else "" for s in sigmas]
@@ -318,11 +315,11 @@ def paper_table2(by_task: dict) -> str:
 # One task meta-trained at several scales ({scale: results}, shortest training first): how far
 # each method moves with training (the longer Omniglot 5-way run against the cpu scale).
 
-_SCALE_METHODS = ("ROA", "5-step", "ROA-WC", "ROA-FLR")  # offline uses no meta-trained net
+_SCALE_METHODS = (ROA, FIVE_STEP, ROA_WC, ROA_FLR)  # offline uses no meta-trained net
 
 
-def _meta_steps(results, model="roa") -> str:
-    cfg = results["models"].get(model)
+def _meta_steps(results, model=ROA_MODEL) -> str:
+    cfg = results.models.get(model)
     if not cfg:
         return "–"
     return f"{cfg['epochs'] * cfg['iterations_per_epoch']} x {cfg['meta_batch_size']}"
@@ -330,7 +327,7 @@ def _meta_steps(results, model="roa") -> str:
 
 def scales_table(by_scale: dict) -> str:
     """Markdown: origin and each method at each noise level, a row per (method, scale)."""
-    sigmas = sorted({r["sigma_w"] for res in by_scale.values() for r in res["methods"]})
+    sigmas = sorted({r["sigma_w"] for res in by_scale.values() for r in res.methods})
     steps = "; ".join(f"{s}: {_meta_steps(r)}" for s, r in by_scale.items())
     lines = [
         f"Test accuracy (%) ± 95 % CI at each meta-training scale (ROA network's meta-steps x "
@@ -340,7 +337,7 @@ def scales_table(by_scale: dict) -> str:
         "|---|---" + "|---" * len(sigmas) + "|",
     ]
     for scale, results in by_scale.items():
-        origin = results.get("origin", {}).get("roa")
+        origin = results.origin.get(ROA_MODEL)
         if origin:
             lines.append(f"| origin | {scale} | {_pm(origin)} |" + " |" * (len(sigmas) - 1))
     for method in _SCALE_METHODS:
@@ -358,7 +355,6 @@ def scales_figure(by_scale: dict, title: str, path):
     methods = [m for m in _SCALE_METHODS if any(_method(r, m) for r in by_scale.values())]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
     first = next(iter(by_scale.values()))
-    models = {name: model for name, model, _ in comparison_methods()}
     for j, method in enumerate(methods):
         ax = axes[0, j]
         for k, (scale, results) in enumerate(by_scale.items()):
@@ -373,14 +369,14 @@ def scales_figure(by_scale: dict, title: str, path):
                     capsize=3,
                     marker="o",
                     color=color,
-                    label=f"{scale} ({_meta_steps(results, models[method])})",
+                    label=f"{scale} ({_meta_steps(results, results_lib.MODEL_OF[method])})",
                 )
-            origin = results.get("origin", {}).get(models[method])
+            origin = results.origin.get(results_lib.MODEL_OF[method])
             if origin:
                 ax.axhline(
                     100 * origin["accuracy"], color=color, ls="--", lw=1, label=f"origin, {scale}"
                 )
-        ax.axhline(100 * first["chance"], color="grey", ls=":", label="chance")
+        ax.axhline(100 * first.chance, color="grey", ls=":", label="chance")
         _accuracy_axes(ax)
         ax.legend(fontsize=7)
         ax.set_title(f"({_LETTERS[j]}) {method}, {title}", fontsize=9)

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from roa_jax import device
+from roa_jax import device, errors
 
 _COLUMNS = ("cycle", "pulse_index", "polarity")
 
@@ -87,11 +87,11 @@ def load_curves(path: str, norm_range: tuple[float, float] | None = None) -> Pul
       `PulseCurves`, reads sorted by ramp and pulse index.
 
     Raises:
-      FileNotFoundError: `path` does not exist.
-      ValueError: missing columns, no rows, bad values, or unitless data without `norm_range`.
+      DataError: `path` does not exist, missing columns, no rows, bad values, or unitless
+        data without `norm_range`.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pulse-response CSV {path} does not exist.")
+        raise errors.DataError(f"pulse-response CSV {path} does not exist.")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -99,35 +99,37 @@ def load_curves(path: str, norm_range: tuple[float, float] | None = None) -> Pul
     value_column = next((c for c in ("conductance_S", "conductance_norm") if c in header), None)
     missing = [c for c in _COLUMNS if c not in header]
     if missing or value_column is None:
-        raise ValueError(
+        raise errors.DataError(
             f"{path}: columns {header} lack {missing or ['conductance_S']}; expected "
             f"{list(_COLUMNS) + ['conductance_S']} (or conductance_norm, unitless)."
         )
     if not rows:
-        raise ValueError(f"{path}: no data rows.")
+        raise errors.DataError(f"{path}: no data rows.")
     try:
         cycle = np.array([int(r["cycle"]) for r in rows])
         index = np.array([int(r["pulse_index"]) for r in rows])
         polarity = np.array([int(r["polarity"]) for r in rows])
         value = np.array([float(r[value_column]) for r in rows])
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: a value is not a number ({e}).") from e
+        raise errors.DataError(f"{path}: a value is not a number ({e}).") from e
     if not np.all(np.isin(polarity, (-1, 1))):
-        raise ValueError(f"{path}: polarity must be +1 or -1, got {sorted(set(polarity))}.")
+        raise errors.DataError(f"{path}: polarity must be +1 or -1, got {sorted(set(polarity))}.")
     if not np.all(np.isfinite(value)) or np.any(index < 0):
-        raise ValueError(f"{path}: {value_column} must be finite and pulse_index >= 0.")
+        raise errors.DataError(f"{path}: {value_column} must be finite and pulse_index >= 0.")
     if value_column == "conductance_norm":
         if norm_range is None:
-            raise ValueError(
+            raise errors.DataError(
                 f"{path} holds unitless conductance_norm values: give norm_range=(G_low, G_high) "
                 "in S to map its min and max onto (the fitted G range is then assumed)."
             )
         low, high = norm_range
         if not 0 < low < high:
-            raise ValueError(f"norm_range={norm_range} must satisfy 0 < G_low < G_high (S).")
+            raise errors.ConfigError(
+                f"norm_range={norm_range} must satisfy 0 < G_low < G_high (S)."
+            )
         value = low + (value - value.min()) / np.ptp(value) * (high - low)
     elif np.any(value <= 0):
-        raise ValueError(f"{path}: conductance_S must be > 0.")
+        raise errors.DataError(f"{path}: conductance_S must be > 0.")
     return _group(cycle, index, polarity, value)
 
 
@@ -267,9 +269,9 @@ def fit(
       `FitResult`; `params` pass `device.validate`.
     """
     if num_steps < 1:
-        raise ValueError(f"num_steps={num_steps} must be >= 1.")
+        raise errors.ConfigError(f"num_steps={num_steps} must be >= 1.")
     if not learning_rate > 0:
-        raise ValueError(f"learning_rate={learning_rate} must be > 0.")
+        raise errors.ConfigError(f"learning_rate={learning_rate} must be > 0.")
     base = jax.tree.map(jnp.float32, base)
     init = initial_guess(curves, base) if init is None else jax.tree.map(jnp.float32, init)
     scale = float(np.ptp(curves.conductance)) or float(np.max(curves.conductance))

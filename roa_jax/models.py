@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from roa_jax import errors
+
 NUM_CONV = 4
 _BN_EPS = 1e-5
 
@@ -252,7 +254,9 @@ class Conv4(nn.Module):
             x = Conv3x3(self.width, name=f"conv{i}")(x)
             x = StepBatchNorm(self.num_bn_steps, name=f"bn{i}")(x, step, relu_pool=True)
         if x.shape[1] < 1:
-            raise ValueError(f"images of {x.shape} are too small for {NUM_CONV} 2x2 max-pools.")
+            raise errors.ConfigError(
+                f"images of {x.shape} are too small for {NUM_CONV} 2x2 max-pools."
+            )
         return _head(self.n_way)(x.reshape(x.shape[0], -1))
 
 
@@ -281,7 +285,7 @@ def build(architecture: str, n_way: int, width: int, num_bn_steps: int) -> nn.Mo
         return Conv4(n_way, width, num_bn_steps)
     if architecture == "mlp":
         return MLP(n_way, (4 * width, 2 * width), num_bn_steps)
-    raise ValueError(f"architecture={architecture!r} is not one of {ARCHITECTURES}.")
+    raise errors.ConfigError(f"architecture={architecture!r} is not one of {ARCHITECTURES}.")
 
 
 def cross_entropy(logits, labels):

@@ -22,17 +22,20 @@ import json
 import os
 import pathlib
 import shutil
+import typing
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from roa_jax import config as config_lib
-from roa_jax import distributed
+from roa_jax import distributed, errors
+
+if typing.TYPE_CHECKING:  # config imports the model code: read_config imports it when called
+    from roa_jax import config as config_lib
 
 
-class FolderInUse(OSError):
+class FolderInUse(errors.RunFolderError):
     """Another process holds the folder's lock."""
 
 
@@ -113,11 +116,15 @@ def read_config(path) -> config_lib.Config:
     """The `Config` of a run folder (its config.json); a field added since counts at its default."""
     file = pathlib.Path(path, "config.json")
     if not file.exists():
-        raise FileNotFoundError(f"{file} is missing: {path} is not a meta_train.py run folder.")
+        raise errors.RunFolderError(f"{file} is missing: {path} is not a meta_train.py run folder.")
     try:
         values = json.loads(file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON ({e}); delete the run folder.") from None
+        raise errors.RunFolderError(
+            f"{file} is not valid JSON ({e}); delete the run folder."
+        ) from None
+    from roa_jax import config as config_lib  # here: the folder's other uses need no model code
+
     return config_lib.build({**dataclasses.asdict(config_lib.Config()), **values})
 
 
@@ -133,7 +140,7 @@ def claim(workdir: Workdir, cfg: config_lib.Config) -> None:
         free = ("epochs", "data_parallel")
         diff = {k: (old[k], v) for k, v in new.items() if old[k] != v and k not in free}
         if diff:
-            raise ValueError(
+            raise errors.RunFolderError(
                 f"{workdir.path} holds a run with a different config (field: (saved, new)) "
                 f"{diff}; use a new --workdir or the same settings to resume."
             )
@@ -304,11 +311,13 @@ def load_best(path, target):
     """Meta-parameters saved by `save_best` under `path` (a run's best/ folder), as `target`."""
     path = pathlib.Path(path).expanduser().absolute()
     if not path.exists():
-        raise FileNotFoundError(f"No checkpoint at {path}: run experiments/meta_train.py first.")
+        raise errors.RunFolderError(
+            f"No checkpoint at {path}: run experiments/meta_train.py first."
+        )
     try:
         return ocp.StandardCheckpointer().restore(path, target)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(
+        raise errors.RunFolderError(
             f"Checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:200]}); "
             "it is damaged or from another network: meta-train it again."
         ) from None
@@ -367,7 +376,7 @@ def export(path, dest) -> pathlib.Path:
     path, dest = pathlib.Path(path), pathlib.Path(dest)
     latest = latest_step(path)
     if latest is None:
-        raise FileNotFoundError(f"{path} has no checkpoint to export.")
+        raise errors.RunFolderError(f"{path} has no checkpoint to export.")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

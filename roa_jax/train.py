@@ -27,6 +27,7 @@ from roa_jax import (
     data,
     device,
     distributed,
+    errors,
     evaluation,
     maml,
     models,
@@ -200,13 +201,14 @@ DIVERGED = 10.0
 
 
 def check_loss(metrics: dict, step: int, cfg: Config, workdir: rundir.Workdir) -> None:
-    """Raises FloatingPointError, naming the likely flags, on a non-finite or diverged loss."""
+    """Raises DivergenceError (a FloatingPointError), naming the likely flags, on a non-finite
+    or diverged loss."""
     limit = DIVERGED * math.log(cfg.n_way)
     finite = all(math.isfinite(v) for v in metrics.values())
     if finite and metrics["loss"] <= limit:
         return
     what = "diverged" if finite else "non-finite"
-    raise FloatingPointError(
+    raise errors.DivergenceError(
         f"meta-loss {what} at step {step} ({metrics['loss']:.4g}; the limit is "
         f"{DIVERGED:g} x ln(n_way) = {limit:.3g}): lower --config.inner_lr "
         f"({cfg.inner_lr:g}) or --config.meta_lr ({cfg.meta_lr:g}). The last checkpoint "
@@ -234,7 +236,7 @@ def fit(
 
     Raises:
       rundir.FolderInUse: another process is writing `workdir`.
-      FloatingPointError: the meta-loss diverged (`check_loss`).
+      errors.DivergenceError: the meta-loss diverged (`check_loss`).
     """
     workdir = rundir.Workdir(workdir)
     with rundir.lock(workdir.path):
@@ -248,24 +250,12 @@ def _fit(cfg, workdir, data_dir, cache_dir, stop_after_steps, export_to) -> dict
     data.check_splits(cfg, splits)
     train_images = jax.device_put(splits["train"])
     val_images = jax.device_put(splits["val"])
-    image_shape = splits["train"].shape[2:]
 
     optimizer = make_optimizer(cfg)
-    meta = init_meta(cfg, image_shape)
-    if cfg.init_from:
-        meta = rundir.load_best(cfg.init_from, meta)
     checkpoints = rundir.Checkpoints(workdir)
-    state = checkpoints.restore_latest(TrainState(meta, optimizer.init(meta), jnp.int32(0)))
+    state, best = _resume(cfg, workdir, checkpoints, optimizer, splits["train"].shape[2:])
     start = int(state.step)
-    if start:
-        logging.info("Resumed from %s at step %d.", workdir.checkpoints, start)
-    best = rundir.read_best(workdir)
-    if best.get("step", -1) > start:
-        best = {}
-    fields = ["step", "epoch", "loss", "accuracy", "constraint", "steps_per_s"]
-    train_log = rundir.Csv(workdir.train_csv, fields, start)
-    val_log = rundir.Csv(workdir.val_csv, ["step", "epoch", "accuracy", "ci95"], start)
-    tensorboard = rundir.TensorBoard(workdir.tensorboard)
+    logs = _Logs(workdir, start)
 
     base = jax.random.PRNGKey(cfg.seed)
     train_key, val_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
@@ -281,7 +271,6 @@ def _fit(cfg, workdir, data_dir, cache_dir, stop_after_steps, export_to) -> dict
     shape = dict(n_way=cfg.n_way, k_shot=cfg.k_shot, n_query=cfg.n_query)
 
     end = cfg.total_steps if stop_after_steps is None else min(cfg.total_steps, stop_after_steps)
-    t0, done_since_log = time.time(), 0
     for step in range(start, end):
         epoch = step // cfg.iterations_per_epoch
         k = jax.random.fold_in(train_key, step)
@@ -302,34 +291,18 @@ def _fit(cfg, workdir, data_dir, cache_dir, stop_after_steps, export_to) -> dict
             hw,
             first_order=first_order_at(cfg, epoch),
         )
-        done_since_log += 1
+        logs.stepped()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.total_steps:
             metrics = {name: float(v) for name, v in metrics.items()}
             check_loss(metrics, step + 1, cfg, workdir)
-            rate = done_since_log / (time.time() - t0)
-            logging.info(
-                "step %d/%d epoch %d loss %.4f acc %.3f | %.2f steps/s, ETA %.0f min",
-                step + 1,
-                end,
-                epoch,
-                metrics["loss"],
-                metrics["accuracy"],
-                rate,
-                (end - step - 1) / rate / 60,
-            )
-            train_log.write({"step": step + 1, "epoch": epoch, **metrics, "steps_per_s": rate})
-            tensorboard.scalars(step + 1, {f"train/{n}": v for n, v in metrics.items()})
-            t0, done_since_log = time.time(), 0
+            logs.train(step + 1, end, epoch, metrics)
         epoch_end = (step + 1) % cfg.iterations_per_epoch == 0
         if epoch_end:
             mean, ci = validate(val_key, distributed.local(state.meta), val_images, norm, cfg)
-            logging.info("epoch %d validation accuracy %.4f +- %.4f", epoch, mean, ci)
-            val_log.write({"step": step + 1, "epoch": epoch, "accuracy": mean, "ci95": ci})
-            tensorboard.scalars(step + 1, {"val/accuracy": mean})
+            logs.validation(step + 1, epoch, mean, ci)
             if mean > best.get("val_accuracy", -1.0):
                 best = {"val_accuracy": mean, "ci95": ci, "step": step + 1, "epoch": epoch}
                 rundir.save_best(workdir, state.meta, best)
-            t0 = time.time()
         if epoch_end or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             checkpoints.save(step + 1, state)
             if export_to is not None and distributed.is_main():
@@ -339,3 +312,52 @@ def _fit(cfg, workdir, data_dir, cache_dir, stop_after_steps, export_to) -> dict
         "best_step": best.get("step"),
         "step": int(state.step),
     }
+
+
+def _resume(cfg, workdir, checkpoints, optimizer, image_shape) -> tuple[TrainState, dict]:
+    """The state to go on from (the latest sound checkpoint, else a fresh start) and the best
+    validation record so far (forgotten where it is newer than that checkpoint)."""
+    meta = init_meta(cfg, image_shape)
+    if cfg.init_from:
+        meta = rundir.load_best(cfg.init_from, meta)
+    state = checkpoints.restore_latest(TrainState(meta, optimizer.init(meta), jnp.int32(0)))
+    if int(state.step):
+        logging.info("Resumed from %s at step %d.", workdir.checkpoints, int(state.step))
+    best = rundir.read_best(workdir)
+    return state, {} if best.get("step", -1) > int(state.step) else best
+
+
+class _Logs:
+    """A run's progress: log lines with rate and ETA, train.csv, val.csv and TensorBoard."""
+
+    def __init__(self, workdir: rundir.Workdir, start: int):
+        fields = ["step", "epoch", "loss", "accuracy", "constraint", "steps_per_s"]
+        self._train = rundir.Csv(workdir.train_csv, fields, start)
+        self._val = rundir.Csv(workdir.val_csv, ["step", "epoch", "accuracy", "ci95"], start)
+        self._board = rundir.TensorBoard(workdir.tensorboard)
+        self._t0, self._steps = time.time(), 0
+
+    def stepped(self) -> None:
+        self._steps += 1
+
+    def train(self, step: int, end: int, epoch: int, metrics: dict) -> None:
+        rate = self._steps / (time.time() - self._t0)
+        logging.info(
+            "step %d/%d epoch %d loss %.4f acc %.3f | %.2f steps/s, ETA %.0f min",
+            step,
+            end,
+            epoch,
+            metrics["loss"],
+            metrics["accuracy"],
+            rate,
+            (end - step) / rate / 60,
+        )
+        self._train.write({"step": step, "epoch": epoch, **metrics, "steps_per_s": rate})
+        self._board.scalars(step, {f"train/{n}": v for n, v in metrics.items()})
+        self._t0, self._steps = time.time(), 0
+
+    def validation(self, step: int, epoch: int, mean: float, ci: float) -> None:
+        logging.info("epoch %d validation accuracy %.4f +- %.4f", epoch, mean, ci)
+        self._val.write({"step": step, "epoch": epoch, "accuracy": mean, "ci95": ci})
+        self._board.scalars(step, {"val/accuracy": mean})
+        self._t0 = time.time()  # the rate counts meta-steps, not validation

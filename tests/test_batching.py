@@ -44,6 +44,19 @@ def test_strategies_equal_a_python_loop(strategy):
     )
 
 
+@pytest.mark.parametrize("strategy", ["unroll", "vmap", "map"])
+def test_shared_values_go_whole_to_every_task(strategy):
+    # As a sweep's stacked device parameters: every task indexes one table (`shared`).
+    keys, kernels, x = _tasks()
+    which = jnp.array([2, 0, 1])
+    fn = lambda table, i, key, x: _per_task(key, table[i], x)
+    lifted = jax.jit(lambda *t: batching.map_tasks(fn, *t, strategy=strategy, shared=(kernels,)))(
+        which, keys, x
+    )
+    expected = _loop(_per_task, keys, kernels[which], x)
+    chex.assert_trees_all_close(lifted, expected, rtol=1e-5, atol=1e-6)
+
+
 def _inner_gradient(x, w):
     """MAML's pattern: the gradient of a shared theta_0 (w) through conv, batch norm, pool."""
     bn = models.StepBatchNorm(1)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_miniimagenet import TEST_WNIDS, VAL_WNIDS, _write_split
 
-from roa_jax import comparison, config, data, rundir
+from roa_jax import comparison, config, data, device, rundir
 from roa_jax.data import episodes
 from roa_jax.data import miniimagenet as mi
 
@@ -503,3 +503,48 @@ def test_paper_figures_from_the_committed_results(tmp_path):
     readme.write_text("# no markers\n")
     proc = _run("paper_figures.py", *flags, f"--readme={readme}")
     _assert_refused(proc, "--readme=", "claims-summary")
+
+
+# common.run decides by exception class: a UserError is one line, anything else a traceback.
+
+_FAILING = """
+import sys
+sys.path.insert(0, {experiments!r})
+import common
+from roa_jax import device, models
+
+
+def main(argv):
+    del argv
+    if {user!r}:
+        device.preset("bogus")  # a DeviceError: the user named an unknown preset
+    # A plain ValueError raised inside roa_jax: a placement function with a typo is a bug of
+    # the calling code, not the user's input.
+    models.split({{"dense": {{"kernel": 0}}}}, lambda path: "crosbar")
+
+
+common.run(main)
+"""
+
+
+@pytest.mark.parametrize("user", [True, False])
+def test_run_prints_a_user_error_as_one_line_and_a_bug_with_its_traceback(tmp_path, user):
+    binary = tmp_path / "fake_binary.py"
+    binary.write_text(_FAILING.format(experiments=str(ROOT / "experiments"), user=user))
+    proc = subprocess.run(
+        [sys.executable, str(binary)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=FAST,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "ROA_DEBUG": ""},
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    if user:
+        assert proc.stderr.strip().splitlines() == [
+            f"fake_binary.py: error: device preset 'bogus' is not one of {sorted(device.PRESETS)}."
+        ]
+    else:
+        assert "Traceback" in proc.stderr and "roa_jax/models.py" in proc.stderr, proc.stderr
+        assert "ValueError: placement('dense', 'kernel') = 'crosbar'" in proc.stderr
+        assert "fake_binary.py: error:" not in proc.stderr

@@ -45,7 +45,7 @@ def test_every_reconstruction_is_scored_and_the_top_one_gets_5_step(calibrated):
     for r in records:
         assert [v.claim for v in r["verdicts"]] == list(claims.CLAIM_IDS)
         assert (r["holds"], r["measured"]) == claims.score(r["verdicts"])
-    with_five = [r for r in records if "five_step_test" in r["results"]["parts"]]
+    with_five = [r for r in records if "five_step_test" in r["results"].parts]
     assert len(with_five) == 1
 
 

@@ -2,13 +2,16 @@
 synthetic results made for it."""
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from roa_jax import claims
+from roa_jax import claims, tasks
+from roa_jax import results as results_lib
+from roa_jax.results import FIVE_STEP, ROA, ROA_WC, Results
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)
@@ -28,13 +31,13 @@ PAPER_LIKE_ORIGIN = {"roa": {"accuracy": 0.96, "ci95": 0.01}}
 
 
 def make_results(accuracies=None, best_rho=None, chance=0.2, ci95=0.01, origin=PAPER_LIKE_ORIGIN):
-    """A results dict with one method row per {method: {sigma_w: accuracy}} entry."""
+    """Results with one method row per {method: {sigma_w: accuracy}} entry."""
     accuracies = copy.deepcopy(PAPER_LIKE if accuracies is None else accuracies)
     best_rho = dict(PAPER_LIKE_RHO if best_rho is None else best_rho)
     rows = []
     for method, by_sigma in accuracies.items():
         for sigma_w, acc in by_sigma.items():
-            rho = best_rho.get(sigma_w, 1.0) if method in ("ROA", "ROA-WC", "5-step") else 1.0
+            rho = best_rho.get(sigma_w, 1.0) if method in (ROA, ROA_WC, FIVE_STEP) else 1.0
             rows.append(
                 {
                     "method": method,
@@ -46,10 +49,9 @@ def make_results(accuracies=None, best_rho=None, chance=0.2, ci95=0.01, origin=P
                     "tasks": 300,
                 }
             )
-    results = {"title": "test", "chance": chance, "methods": rows, "best_rho": {"roa": best_rho}}
-    if origin is not None:
-        results["origin"] = origin
-    return results
+    return Results(
+        title="test", chance=chance, methods=rows, best_rho={"roa": best_rho}, origin=origin or {}
+    )
 
 
 def changed(method, **by_sigma):
@@ -63,9 +65,7 @@ def changed(method, **by_sigma):
 def without(*methods, best_rho=True):
     accuracies = {m: v for m, v in PAPER_LIKE.items() if m not in methods}
     results = make_results(accuracies)
-    if not best_rho:
-        del results["best_rho"]
-    return results
+    return results if best_rho else dataclasses.replace(results, best_rho={})
 
 
 def verdict_of(results, claim, task="omniglot_5w1s"):
@@ -127,23 +127,24 @@ def test_claim_not_measured(claim):
 
 
 def test_empty_results_measure_nothing():
-    for results in ({}, {"methods": []}, {"methods": [{"method": "ROA"}], "best_rho": {}}):
+    for results in (Results(), Results(methods=[], best_rho={"roa": {}})):
         verdicts = claims.evaluate(results, "omniglot_5w1s")
         assert [v.verdict for v in verdicts] == [claims.NOT_MEASURED] * len(claims.CLAIM_IDS)
         assert claims.score(verdicts) == (0, 0)
 
 
 def test_json_round_trip_gives_the_same_verdicts():
-    # JSON turns the float sigma_w keys of best_rho into strings.
-    results = make_results()
-    loaded = json.loads(json.dumps(results))
-    assert isinstance(next(iter(loaded["best_rho"]["roa"])), str)
+    # JSON turns the float sigma_w keys of best_rho into strings; reading makes them floats.
+    results = dataclasses.replace(make_results(), seeds=4)
+    text = results.to_json()
+    assert isinstance(next(iter(json.loads(text)["best_rho"]["roa"])), str)
+    loaded = results_lib.from_json(json.loads(text))
+    assert loaded.best_rho == results.best_rho
     assert claims.evaluate(loaded, "omniglot_5w1s") == claims.evaluate(results, "omniglot_5w1s")
 
 
 def test_best_rho_falls_back_to_the_roa_rows():
-    results = make_results()
-    del results["best_rho"]
+    results = dataclasses.replace(make_results(), best_rho={})
     assert verdict_of(results, "best_rho_low_noise").verdict == claims.HOLDS
     assert verdict_of(results, "best_rho_falls").verdict == claims.HOLDS
 
@@ -220,8 +221,7 @@ def test_constraint_no_noise_also_checks_origin():
     assert verdict.verdict == claims.FAILS and "origin" in verdict.ours
     origin["roa_wc"]["accuracy"] = 0.955
     assert verdict_of(make_results(origin=origin), "constraint_no_noise").verdict == "holds"
-    only_origin = without("ROA-WC")
-    only_origin["origin"] = origin
+    only_origin = dataclasses.replace(without(ROA_WC), origin=origin)
     assert verdict_of(only_origin, "constraint_no_noise").verdict == claims.HOLDS
 
 
@@ -239,7 +239,9 @@ def test_task_specific_expectations():
     w128 = verdict_of(results, "constraint_high_noise", "omniglot_20w1s_w128_cpu")
     assert w128.verdict == claims.NOT_MEASURED and "states none" in w128.statement
     assert claims.task_claims("omniglot_20w1s_w128_cpu").rho_gain_pp == 15.0
-    assert claims.task_claims("omniglot_5w1s_cpu") == claims.TASKS["omniglot_5w1s"]
+    assert claims.task_claims("omniglot_5w1s_cpu") == tasks.TASKS["omniglot_5w1s"].claims
+    # The demo task and an unknown name: the paper states nothing.
+    assert claims.task_claims("synthetic_5w1s_tiny") == claims.task_claims("x") == tasks.Claims()
 
 
 def test_summary_names_each_tasks_own_statement():
@@ -283,8 +285,7 @@ def test_unknown_task_measures_only_the_generic_claims():
 
 
 def test_chance_from_the_task_name_when_missing():
-    results = make_results()
-    del results["chance"]
+    results = dataclasses.replace(make_results(), chance=None)
     assert verdict_of(results, "offline_chance").verdict == claims.HOLDS
     assert verdict_of(results, "offline_chance", "synthetic").verdict == claims.NOT_MEASURED
 
@@ -364,15 +365,15 @@ def test_the_cpu_results_file():
     path = ROOT / "results" / "omniglot_5w1s_cpu" / "results.json"
     if not path.exists():
         pytest.skip("no CPU results file")
-    results = json.loads(path.read_text())
+    results = results_lib.read(path)
     verdicts = claims.evaluate(results, "omniglot_5w1s_cpu")
     assert [v.claim for v in verdicts] == list(claims.CLAIM_IDS)
-    needs_origin = {"noiseless_write_matches_origin"} if "origin" not in results else set()
+    needs_origin = set() if results.origin else {"noiseless_write_matches_origin"}
     assert all(
         v.verdict in (claims.HOLDS, claims.FAILS) for v in verdicts if v.claim not in needs_origin
     )
     # Measured there: 5-step is 10 pp below ROA already without noise.
-    assert verdict_of(json.loads(path.read_text()), "five_step_agrees_low_noise").verdict == "fails"
+    assert verdict_of(results, "five_step_agrees_low_noise").verdict == "fails"
 
 
 def test_noiseless_write_is_one_sided_and_widens_with_the_ci():

@@ -1,6 +1,8 @@
-"""Co-design (roa_jax/codesign.py): knobs, the post-write loss, its gradients, the optimizer."""
+"""Co-design (roa_jax/codesign/): knobs, the post-write loss, its gradients, the optimizer, and
+each part of the study on a tiny network."""
 
 import dataclasses
+import json
 
 import chex
 import jax
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roa_jax import codesign, config, device, models, roa, train, writers
+from roa_jax import codesign, config, device, errors, evaluation, models, roa, train, writers
 from roa_jax.data import episodes as episodes_lib
 from roa_jax.data import synthetic
 
@@ -83,19 +85,19 @@ def test_each_knob_moves_its_own_physical_value():
 
 
 def test_check_base_rejects_what_the_closed_form_cannot_set():
-    with pytest.raises(ValueError, match="v_set = -v_reset"):
+    with pytest.raises(errors.DeviceError, match="v_set = -v_reset"):
         codesign.check_base(device.paper()._replace(v_reset=jnp.float32(-1.5)))
     per_device = device.sample_variation(jax.random.PRNGKey(0), device.paper(), (3,), 0.1)
-    with pytest.raises(ValueError, match="scalar parameters"):
+    with pytest.raises(errors.DeviceError, match="scalar parameters"):
         codesign.check_base(per_device)
 
 
 def test_check_problem_names_the_bad_field():
-    with pytest.raises(ValueError, match="not among"):
+    with pytest.raises(errors.ConfigError, match="not among"):
         codesign.check_problem(codesign.Problem(MODEL, free=("levels",)))
-    with pytest.raises(ValueError, match="estimator"):
+    with pytest.raises(errors.ConfigError, match="estimator"):
         codesign.check_problem(codesign.Problem(MODEL, estimator="spsa"))
-    with pytest.raises(ValueError, match="nothing to optimize"):
+    with pytest.raises(errors.ConfigError, match="nothing to optimize"):
         codesign.check_problem(codesign.Problem(MODEL, free=()))
 
 
@@ -274,5 +276,170 @@ def test_check_study_names_the_flag():
         (good._replace(tasks_per_step=1), "--tasks_per_step"),
         (good._replace(lr=float("nan")), "--lr"),
     ):
-        with pytest.raises(ValueError, match=flag):
+        with pytest.raises(errors.ConfigError, match=flag):
             codesign.check_study(bad)
+
+
+# The study (codesign/study.py), part by part, on the tiny network.
+
+NORM = (0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def setup(meta):
+    # 0.1 is no float32 number: the preset's rho must still be found under the study's 0.1.
+    study = codesign.Study(
+        sigma_w=(0.1, 1.0),
+        rhos=(0.5, 2.0),
+        val_tasks=2,
+        test_tasks=2,
+        check_tasks=2,
+        sensitivity_tasks=2,
+        steps=2,
+        tasks_per_step=2,
+        chunk=2,
+    )
+    splits = synthetic.load_synthetic(seed=0, image_size=16)
+    return codesign.Setup(study, codesign.Problem(MODEL), CFG, meta, splits, NORM, device.paper())
+
+
+def _one_level(setup, sigma_w=1.0, **problem):
+    study = setup.study._replace(sigma_w=(sigma_w,))
+    return setup._replace(study=study, problem=setup.problem._replace(**problem))
+
+
+def test_preset_rho_is_chosen_per_level_by_position(setup, monkeypatch):
+    # Fake accuracies: at 0.1 rho 2 wins, at 1 rho 0.5 (the smaller rho wins ties otherwise).
+    def sweep(key, meta, images, norm, devices, grid, num_tasks, *args):
+        wins = ((grid.sigma_w == np.float32(0.1)) & (grid.rho == 2.0)) | (
+            (grid.sigma_w == 1.0) & (grid.rho == 0.5)
+        )
+        return np.repeat(wins.astype(np.float32)[:, None], num_tasks, axis=1)
+
+    monkeypatch.setattr(evaluation, "sweep", sweep)
+    rows, rho = codesign.preset_rho(setup)
+    assert rho == {0.1: 2.0, 1.0: 0.5}
+    assert [(np.float32(r["sigma_w"]), r["rho"]) for r in rows] == [
+        (np.float32(0.1), 0.5),
+        (np.float32(0.1), 2.0),
+        (1.0, 0.5),
+        (1.0, 2.0),
+    ]
+
+
+def test_preset_rho_is_roas_choice_on_validation(setup):
+    rows, rho = codesign.preset_rho(setup)
+    assert list(rho) == [0.1, 1.0]  # the study's values, not float32 roundings
+    # evaluation keys its choice by the grid's float32 noise level; the same rho per level.
+    whole = evaluation.best_rho(rows)
+    assert rho == {s: whole[float(np.float32(s))] for s in setup.study.sigma_w}
+    assert all(r["tasks"] == setup.study.val_tasks for r in rows)
+
+
+def test_gradient_check_rows_are_the_check_of_each_device_at_the_presets_rho(setup):
+    one = _one_level(setup)
+    rows = codesign.gradient_check_rows(one, {1.0: 2.0})
+    assert [(r["device"], r["knob"]) for r in rows] == [
+        (d, k) for d in ("preset", "1000x finer") for k in codesign.DEFAULT_FREE
+    ]
+    assert all(r["sigma_w"] == 1.0 and r["tasks"] == 2 for r in rows)
+    # The preset's rows: `gradient_check` on the check's tasks and keys (study.py, _KEY_INDEX).
+    key = one.key("check")
+    episodes = codesign.sample_tasks(key, one.splits["val"], NORM, 2, (5, 1, 3))
+    expected = codesign.gradient_check(
+        jax.random.fold_in(key, 1),
+        codesign.knobs(one.base, 2.0),
+        one.meta,
+        episodes,
+        one.base,
+        jnp.float32(1.0),
+        POLICY,
+        MODEL,
+        codesign.DEFAULT_FREE,
+        one.problem.fd_step,
+    )
+    assert rows[:4] == [{"device": "preset", "sigma_w": 1.0, **r} for r in expected]
+    # A 1000x finer device is another device: its check differs.
+    assert rows[4]["loss"] != rows[0]["loss"]
+
+
+def test_sensitivity_rows_meet_at_the_preset(setup):
+    one = _one_level(setup)
+    rows = codesign.sensitivity_rows(one, {1.0: 2.0}, log=lambda _: None)
+    dirs = codesign.directions(one.base)
+    assert len(rows) == sum(len(d.offsets) for d in dirs)
+    start = [r for r in rows if r["offset"] == 0.0]
+    # Every line passes through the preset at its rho: the same loss and accuracy there.
+    assert len(start) == len(dirs)
+    assert len({(r["loss"], r["accuracy"]) for r in start}) == 1
+    (rho_row,) = [r for r in start if r["direction"] == "rho"]
+    np.testing.assert_allclose(rho_row["value"], 2.0, rtol=1e-6)
+    # and not everywhere the same: rho moves the loss.
+    assert len({r["loss"] for r in rows if r["direction"] == "rho"}) > 1
+
+
+def test_optimize_devices_runs_optimize_from_the_preset_and_tunes_rho_alone(setup):
+    one = _one_level(setup, sigma_w=0.5, free=("a_plus", "rho"))
+    found, tuned = codesign.optimize_devices(one, {0.5: 2.0}, log=lambda _: None)
+    assert list(found) == [0.5] and list(tuned) == [0.5]
+    # The device found: `optimize` from the preset at its rho, with the documented key.
+    key = jax.random.fold_in(one.key("optimize"), 500)
+    args = (one.base, 2.0, one.meta, one.splits["val"], NORM, (5, 1, 3), 0.5)
+    study = one.study
+    steps = (study.steps, study.tasks_per_step, study.lr, study.meta_lr)
+    expected = codesign.optimize(key, *args, one.problem, *steps)
+    chex.assert_trees_all_equal(found[0.5].params, expected.params)
+    assert found[0.5].history == expected.history
+    rho_only = codesign.optimize(key, *args, one.problem._replace(free=("rho",)), *steps)
+    assert tuned[0.5] == rho_only.rho != found[0.5].rho
+    rows = codesign.history_rows(found)
+    assert [(r["sigma_w"], r["step"]) for r in rows] == [(0.5, 1), (0.5, 2)]
+    # No rho-only baseline where rho is all that moves, or where theta_0 moves too.
+    for problem in (dict(free=("rho",)), dict(free=("a_plus", "rho"), joint=True)):
+        assert not codesign.study._tunes_rho_alone(one.problem._replace(**problem))
+
+
+def test_comparison_rows_pair_the_tasks_of_every_device(setup):
+    # Devices "found" equal to the preset at its rho: the same tasks and noise, so every gain
+    # is exactly 0 (paired per task), at every noise level.
+    rho = {0.1: 2.0, 1.0: 2.0}
+    found = {s: codesign.Result(setup.base, 2.0, setup.meta, []) for s in rho}
+    rows = codesign.comparison_rows(setup, rho, found, dict(rho))
+    assert [(r["optimized_at"], r["sigma_w"]) for r in rows] == [
+        (0.1, 0.1),
+        (1.0, 0.1),
+        (0.1, 1.0),
+        (1.0, 1.0),
+    ]
+    for r in rows:
+        assert r["gain"] == 0.0 and r["gain_ci"] == 0.0, r
+        assert r["gain_over_tuned"] == 0.0 and r["preset_tuned_rho"] == 2.0, r
+        assert r["tasks"] == setup.study.test_tasks
+    # Joint: each found theta_0 goes with its own device only; no rho-only baseline.
+    joint = setup._replace(problem=setup.problem._replace(joint=True))
+    rows = codesign.comparison_rows(joint, rho, found, {})
+    assert [(r["optimized_at"], r["sigma_w"]) for r in rows] == [(0.1, 0.1), (1.0, 1.0)]
+    assert all("gain_over_tuned" not in r for r in rows)
+
+
+def test_run_study_writes_every_part(setup, tmp_path):
+    study = setup.study._replace(sigma_w=(1.0,), check_granularity=0.0, steps=1)
+    problem = setup.problem._replace(free=("a_plus", "rho"))
+    logged = []
+    results = codesign.run_study(
+        study, problem, CFG, setup.meta, setup.splits, NORM, setup.base, tmp_path, logged.append
+    )
+    assert json.loads((tmp_path / "results.json").read_text())["preset_rho"] == {
+        "1.0": results["preset_rho"]["1.0"]
+    }
+    assert set(results["seconds"]) == {"rho", "check", "sensitivity", "optimize", "test"}
+    lines = lambda name: (tmp_path / name).read_text().splitlines()
+    assert len(lines("rho_val.csv")) == 1 + len(study.rhos)
+    assert len(lines("gradient_check.csv")) == 1 + len(codesign.DEFAULT_FREE)  # preset only
+    assert len(lines("optimization.csv")) == 1 + study.steps
+    assert len(results["comparison"]) == 1 and "gain_over_tuned" in results["comparison"][0]
+    assert device.load_params(tmp_path / "devices" / "found_sigma1.json").lam > 0
+    for name in ("sensitivity.png", "optimization.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| found at |" in (tmp_path / "comparison.md").read_text()
+    assert any(m.startswith("preset rho on validation: {1.0: ") for m in logged)

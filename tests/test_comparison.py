@@ -14,22 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from roa_jax import comparison, config, evaluation, train
+from roa_jax import comparison, config, errors, evaluation, train
+from roa_jax import results as results_lib
 from roa_jax.data import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = config.Protocol(
     sigmas=(0.0, 2.0), rhos=(1.0, 4.0), seeds=2, test_tasks=4, val_tasks=4, offline_steps=2, chunk=2
 )
-METHODS = {
-    "ROA",
-    "ROA-FLR",
-    "ROA-WC",
-    "ROA-WC-FLR (MAML++)",
-    "5-step",
-    "5-step-FLR",
-    "offline",
-}
+METHODS = set(results_lib.METHOD_NAMES)
 
 
 def _tiny_models():
@@ -78,8 +71,8 @@ def test_offline_steps_0_leaves_offline_out(data, evaluated):
     splits, norm = data
     # The other parts do not depend on offline_steps: loaded, not recomputed.
     without = comparison.evaluate(models, splits, norm, proto, out, title="tiny")
-    assert "offline_test" not in without["parts"]
-    assert {r["method"] for r in without["methods"]} == METHODS - {"offline"}
+    assert "offline_test" not in without.parts
+    assert {r["method"] for r in without.methods} == METHODS - {results_lib.OFFLINE}
 
 
 def test_rho_search_never_reads_the_test_classes(data, evaluated, tmp_path):
@@ -89,28 +82,25 @@ def test_rho_search_never_reads_the_test_classes(data, evaluated, tmp_path):
     changed = comparison.evaluate(
         {"roa": models["roa"]}, {**splits, "test": other}, norm, PROTO, tmp_path, title="x"
     )
-    assert changed["best_rho"]["roa"] == results["best_rho"]["roa"]
-    assert changed["parts"]["roa_val"]["rows"] == results["parts"]["roa_val"]["rows"]
-    assert changed["parts"]["roa_test"]["rows"] != results["parts"]["roa_test"]["rows"]
+    assert changed.best_rho["roa"] == results.best_rho["roa"]
+    assert changed.parts["roa_val"]["rows"] == results.parts["roa_val"]["rows"]
+    assert changed.parts["roa_test"]["rows"] != results.parts["roa_test"]["rows"]
 
 
 def test_every_method_is_evaluated_at_every_noise_level(evaluated):
     _, results, _ = evaluated
-    assert {r["method"] for r in results["methods"]} == METHODS
+    assert {r["method"] for r in results.methods} == METHODS
     for method in METHODS:
-        rows = [r for r in results["methods"] if r["method"] == method]
+        rows = results.rows(method)
         assert sorted(r["sigma_w"] for r in rows) == list(PROTO.sigmas), method
         assert all(r["tasks"] == PROTO.seeds * PROTO.test_tasks for r in rows)
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
-    tuned = {"ROA": "roa", "ROA-WC": "roa_wc", "5-step": "five_step"}
-    for method, model in tuned.items():
-        for row in (r for r in results["methods"] if r["method"] == method):
-            assert row["rho"] == results["best_rho"][model][row["sigma_w"]]
-    for row in results["methods"]:
-        if row["method"].startswith(("ROA-FLR", "ROA-WC-FLR", "5-step-FLR")):
-            assert row["rho"] == 1.0
-    assert set(results["origin"]) == {"roa", "roa_wc", "five_step"}
-    assert results["chance"] == pytest.approx(0.2)
+    for method, model, tuned in results_lib.METHODS:
+        for row in results.rows(method):
+            rho = results.best_rho[model][results_lib.sigma_key(row["sigma_w"])] if tuned else 1.0
+            assert row["rho"] == rho, method
+    assert set(results.origin) == {"roa", "roa_wc", "five_step"}
+    assert results.chance == pytest.approx(0.2)
 
 
 def test_evaluated_parts_are_reused_and_recomputed_when_the_checkpoint_changes(
@@ -128,7 +118,7 @@ def test_evaluated_parts_are_reused_and_recomputed_when_the_checkpoint_changes(
 
     monkeypatch.setattr(evaluation, "sweep", counting)
     again = comparison.evaluate(models, splits, norm, PROTO, tmp_path, title="tiny")
-    assert swept == [] and again["methods"] == results["methods"]
+    assert swept == [] and again.methods == results.methods
     # A retrained roa checkpoint: its three parts are evaluated again, nothing else.
     cfg, meta = models["roa"]
     retrained = meta._replace(params=jax.tree.map(lambda x: x * 1.5, meta.params))
@@ -136,8 +126,8 @@ def test_evaluated_parts_are_reused_and_recomputed_when_the_checkpoint_changes(
         {**models, "roa": (cfg, retrained)}, splits, norm, PROTO, tmp_path, title="tiny"
     )
     assert len(swept) == 3
-    assert changed["parts"]["roa_test"]["rows"] != results["parts"]["roa_test"]["rows"]
-    assert changed["parts"]["roa_wc_test"] == results["parts"]["roa_wc_test"]
+    assert changed.parts["roa_test"]["rows"] != results.parts["roa_test"]["rows"]
+    assert changed.parts["roa_wc_test"] == results.parts["roa_wc_test"]
 
 
 def test_saved_only_scores_saved_parts_without_evaluating(data, evaluated, tmp_path, monkeypatch):
@@ -156,13 +146,13 @@ def test_saved_only_scores_saved_parts_without_evaluating(data, evaluated, tmp_p
         "roa": (cfg, meta._replace(params=jax.tree.map(lambda x: 2 * x, meta.params))),
     }
     again = comparison.evaluate(other, splits, norm, PROTO, tmp_path, "tiny", saved_only=True)
-    assert again["methods"] == results["methods"]
+    assert again.methods == results.methods
     with pytest.raises(ValueError, match="saved for devices"):
         comparison.evaluate(
             models, splits, norm, PROTO._replace(device="paper"), tmp_path, "t", saved_only=True
         )
     (tmp_path / "parts" / "roa_val.json").unlink()
-    with pytest.raises(FileNotFoundError, match="roa_val.json"):
+    with pytest.raises(errors.RunFolderError, match="roa_val.json"):
         comparison.evaluate(models, splits, norm, PROTO, tmp_path, "tiny", saved_only=True)
 
 
@@ -170,12 +160,13 @@ def test_saved_results_load_back(evaluated, tmp_path):
     _, results, _ = evaluated
     comparison.save(results, tmp_path)
     loaded = comparison.load(tmp_path)
-    assert loaded["best_rho"] == results["best_rho"]  # noise levels are floats again
-    assert loaded["methods"] == results["methods"]
+    assert loaded.best_rho == results.best_rho  # noise levels are floats again
+    assert loaded.methods == results.methods
+    assert loaded.to_json() == (tmp_path / "results.json").read_text() == results.to_json()
     lines = (tmp_path / "results.csv").read_text().splitlines()
-    part_rows = sum(len(p["rows"]) for p in results["parts"].values())
-    assert len(lines) == 1 + part_rows + len(results["methods"])
-    with pytest.raises(FileNotFoundError, match="results.json"):
+    part_rows = sum(len(p["rows"]) for p in results.parts.values())
+    assert len(lines) == 1 + part_rows + len(results.methods)
+    with pytest.raises(errors.RunFolderError, match="results.json"):
         comparison.load(tmp_path / "nowhere")
 
 

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from roa_jax import config
+from roa_jax import config, tasks
 
 
 def test_build_from_the_default_config_dict_is_the_default_config():
@@ -67,7 +67,7 @@ def test_init_from_an_existing_folder_is_accepted(tmp_path):
 
 @pytest.mark.parametrize(
     "task, model, scale",
-    list(itertools.product(config.TASKS, config.MODELS, config.SCALES)),
+    list(itertools.product(tasks.TASKS, config.MODELS, config.SCALES)),
 )
 def test_every_model_config_validates(task, model, scale):
     cfg = config.model_config(task, model, scale)
@@ -80,10 +80,10 @@ def test_every_model_config_validates(task, model, scale):
 @pytest.mark.parametrize("scale", ["cpu", "cpu_long", "paper"])
 def test_every_model_of_a_task_meets_the_same_tasks(scale):
     # Issue 33: the paper trains every scheme for the same epochs and iterations.
-    for task in config.TASKS:
+    for task, spec in tasks.TASKS.items():
         budgets = {
             model: (cfg.total_steps * cfg.meta_batch_size, cfg.first_order_epochs, cfg.width)
-            for model in config.task_models(task)
+            for model in spec.models
             for cfg in [config.model_config(task, model, scale)]
         }
         assert len(set(budgets.values())) == 1, (task, budgets)
@@ -112,13 +112,42 @@ def test_model_config_rejects_unknown_names():
 
 
 def test_every_task_model_is_a_model():
-    for task in config.TASKS:
-        assert set(config.task_models(task)) <= set(config.MODELS)
-        assert "roa" in config.task_models(task)
+    for spec in tasks.TASKS.values():
+        assert set(spec.models) <= set(config.MODELS)
+        assert spec.models[0] == "roa"
+        assert len(set(spec.models)) == len(spec.models)
+
+
+@pytest.mark.parametrize("task", list(tasks.TASKS))
+def test_every_task_entry_builds_its_configs_and_protocols(task):
+    # Each registry field reaches what it sets: the config fields, the cpu scales' batch and
+    # protocol fields, and an ablation-only task's missing offline baseline.
+    spec = tasks.TASKS[task]
+    fields = {f.name for f in dataclasses.fields(config.Config)}
+    assert set(spec.overrides) <= fields and spec.dataset in config.DATASETS
+    assert set(spec.cpu_protocol) <= set(config.Protocol._fields)
+    for model in spec.models:
+        cfg = config.model_config(task, model, "paper")
+        assert {k: getattr(cfg, k) for k in spec.overrides} == spec.overrides
+        cpu = config.model_config(task, model, "cpu")
+        assert cpu.meta_batch_size == (spec.cpu_meta_batch_size or cfg.meta_batch_size)
+    for scale in ("cpu", "cpu_long"):
+        proto = config.protocol(scale, task)
+        assert {k: getattr(proto, k) for k in spec.cpu_protocol} == spec.cpu_protocol
+    for scale in config.SCALES:
+        assert (config.protocol(scale, task).offline_steps == 0) == spec.ablation_only
+
+
+def test_quick_and_cpu_are_first_order_throughout():
+    # first_order_epochs is the paper's epochs, not the Config default's by accident, and no
+    # quick or cpu run reaches a second-order epoch even if extended up to the paper's length.
+    for task, model, scale in itertools.product(tasks.TASKS, config.MODELS, ("quick", "cpu")):
+        cfg = config.model_config(task, model, scale)
+        assert cfg.first_order_epochs == config.PAPER_EPOCHS >= cfg.epochs
 
 
 @pytest.mark.parametrize("scale", config.SCALES)
-@pytest.mark.parametrize("task", [None, *config.TASKS])
+@pytest.mark.parametrize("task", [None, *tasks.TASKS])
 def test_every_protocol_passes_its_check(scale, task):
     proto = config.protocol(scale, task)
     assert config.check_protocol(proto) is proto

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from roa_jax import errors
 from roa_jax.data import episodes, omniglot, synthetic
 
 NUM_CLASSES, NUM_INSTANCES = 30, 20
@@ -195,12 +196,12 @@ def test_group_by_class():
 
 def test_missing_data_dir_names_the_path(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match=f"--data_dir={re.escape(str(missing))}: no such"):
+    with pytest.raises(errors.DataError, match=f"--data_dir={re.escape(str(missing))}: no such"):
         omniglot.load_omniglot(data_dir=missing, cache_dir=tmp_path / "cache")
     # A data folder without omniglot/ in it: the message names the file it looked for.
     missing.mkdir()
     expected = re.escape(str(missing / "omniglot" / "checksums.tsv"))
-    with pytest.raises(FileNotFoundError, match=f"{expected}.*ROA_DATA_DIR"):
+    with pytest.raises(errors.DataError, match=f"{expected}.*ROA_DATA_DIR"):
         omniglot.load_omniglot(data_dir=missing, cache_dir=tmp_path / "cache")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from roa_jax import config, device
+from roa_jax import config, device, errors
 
 PAPER = device.paper()
 
@@ -395,7 +395,7 @@ def test_load_params_rejects_corrupt_json_and_missing_file(tmp_path):
     path.write_text('{"format": "roa_jax.DeviceParams/1", "alpha": 1e-6,')
     with pytest.raises(ValueError, match="corrupt.json: not valid JSON"):
         device.load_params(str(path))
-    with pytest.raises(FileNotFoundError, match="absent.json"):
+    with pytest.raises(errors.DeviceError, match="absent.json"):
         device.preset(str(tmp_path / "absent.json"))
     with pytest.raises(ValueError, match="window"):
         device.save_params(str(tmp_path / "x.json"), PAPER._replace(window=jnp.float32(np.inf)))

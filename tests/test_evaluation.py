@@ -172,7 +172,7 @@ def test_the_loop_compiles_one_scheme_program_for_splits_of_any_size(images, met
     # A validation and a test split differ in their number of classes: only the (cheap) task
     # draw is compiled per split, the adaptation program once for both.
     setting, grid = _setting(num_steps=2), evaluation.make_grid([0.5], [1.0], [0, 1])
-    before = evaluation._tasks_jit._cache_size()
+    before = evaluation._tasks_round._cache_size()
     for classes in (images[:12], images):
         _sweep(classes, meta, PAPER, grid, 2, setting)
-    assert evaluation._tasks_jit._cache_size() == before + 1
+    assert evaluation._tasks_round._cache_size() == before + 1

@@ -6,9 +6,9 @@ import matplotlib.image
 import pytest
 
 from roa_jax import comparison, config, figures, train
+from roa_jax import results as results_lib
 from roa_jax.data import synthetic
 
-METHODS = [m for m, _, _ in comparison.METHODS]
 PROTO = config.Protocol(
     sigmas=(0.0, 2.0), rhos=(1.0, 4.0), seeds=2, test_tasks=2, val_tasks=2, offline_steps=1, chunk=2
 )
@@ -51,19 +51,20 @@ def test_figures_and_table_from_a_tiny_run(results, tmp_path):
         assert image.shape[0] > 200 and image.shape[1] > 300
         assert image[..., :3].std() > 0.05, path  # not blank
     table = (tmp_path / "table2.md").read_text()
-    for method in [*METHODS, "offline"]:
+    for method in results_lib.METHOD_NAMES:
         assert f"| {method} |" in table
     assert "| ROA's rho (val) |" in table and "| 5-step's rho (val) |" in table
-    origin = results["origin"]["roa"]
+    origin = results.origin[results_lib.ROA_MODEL]
     assert f"Origin (ideal weights) {100 * origin['accuracy']:.1f}" in table
     assert "σw=0 | σw=2 |" in table
 
 
 def test_a_figure_of_a_comparison_not_evaluated_is_left_out(results, tmp_path):
     # The 128-filter task: ROA and ROA-WC only, no 5-step model, no offline baseline.
-    kept = [r for r in results["methods"] if r["method"] not in ("5-step", "5-step-FLR", "offline")]
-    parts = {k: v for k, v in results["parts"].items() if k.startswith("roa")}
-    paths = figures.make_all({**results, "methods": kept, "parts": parts}, tmp_path)
+    dropped = (results_lib.FIVE_STEP, results_lib.FIVE_STEP_FLR, results_lib.OFFLINE)
+    kept = [r for r in results.methods if r["method"] not in dropped]
+    parts = {k: v for k, v in results.parts.items() if k.startswith("roa")}
+    paths = figures.make_all(dataclasses.replace(results, methods=kept, parts=parts), tmp_path)
     names = [p.name for p in paths]
     assert names == ["figure5.png", "figure6.png", "overview.png", "table2.md"]
     assert not (tmp_path / "figure3.png").exists() and not (tmp_path / "figure4.png").exists()
@@ -84,5 +85,6 @@ def test_figure6_has_a_panel_per_model_evaluated(results, tmp_path, monkeypatch)
         return [ax.get_title().split(",")[0] for ax in figs[-1].axes if ax.get_title()]
 
     assert panels(results) == ["(A) ROA", "(B) ROA-WC", "(C) 5-step"]
-    without_five_step = {k: v for k, v in results["parts"].items() if "five_step" not in k}
-    assert panels({**results, "parts": without_five_step}) == ["(A) ROA", "(B) ROA-WC"]
+    without_five_step = {k: v for k, v in results.parts.items() if "five_step" not in k}
+    only_one_step = dataclasses.replace(results, parts=without_five_step)
+    assert panels(only_one_step) == ["(A) ROA", "(B) ROA-WC"]

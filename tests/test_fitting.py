@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roa_jax import device, fitting
+from roa_jax import device, errors, fitting
 
 BASE = device.paper()
 
@@ -130,7 +130,7 @@ def test_fit_crosssim_measured_curves():
 
 
 def test_load_curves_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothere.csv"):
+    with pytest.raises(errors.DataError, match="nothere.csv"):
         fitting.load_curves(str(tmp_path / "nothere.csv"))
     bad = tmp_path / "bad.csv"
     bad.write_text("cycle,pulse,polarity,conductance_S\n1,0,1,1e-4\n")

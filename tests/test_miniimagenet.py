@@ -18,6 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from roa_jax import errors
 from roa_jax.data import episodes
 from roa_jax.data import miniimagenet as mi
 
@@ -179,16 +180,16 @@ def test_changed_source_rebuilds_cache(data_root, tmp_path):
 def test_missing_split_names_the_file(data_root, tmp_path):
     zip_path = data_root / "miniimagenet" / "miniimagenet_train.zip"
     assert mi.available_splits(data_root) == ("val", "test")
-    with pytest.raises(FileNotFoundError, match=re.escape(str(zip_path))):
+    with pytest.raises(errors.DataError, match=re.escape(str(zip_path))):
         mi.load_miniimagenet(data_root, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()  # checked before decoding val or test
-    with pytest.raises(FileNotFoundError, match=re.escape(str(zip_path))):
+    with pytest.raises(errors.DataError, match=re.escape(str(zip_path))):
         mi.build_tfds(data_root, ("val", "train"), tmp_path / "tfds")
     assert not (tmp_path / "tfds").exists()
     # The builder itself, used through plain tfds.
     builder = mi.MiniImagenet(config="train", data_dir=str(tmp_path / "tfds"))
     config = tfds.download.DownloadConfig(manual_dir=str(data_root / "miniimagenet"))
-    with pytest.raises(FileNotFoundError, match=re.escape(str(zip_path))):
+    with pytest.raises(errors.DataError, match=re.escape(str(zip_path))):
         builder.download_and_prepare(download_config=config)
 
 

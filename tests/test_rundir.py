@@ -10,7 +10,7 @@ import chex
 import jax.numpy as jnp
 import pytest
 
-from roa_jax import config, maml, rundir
+from roa_jax import config, errors, maml, rundir
 
 CFG = config.Config(dataset="synthetic", width=8, epochs=2, iterations_per_epoch=4)
 
@@ -46,7 +46,7 @@ def test_changed_config_refuses_to_resume(tmp_path):
 
 
 def test_a_folder_without_a_readable_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a meta_train.py run folder"):
+    with pytest.raises(errors.RunFolderError, match="not a meta_train.py run folder"):
         rundir.read_config(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
@@ -190,7 +190,7 @@ def test_save_best_and_load_best_round_trip(tmp_path):
     chex.assert_trees_all_equal(restored, better)
     assert rundir.read_best(workdir) == {"val_accuracy": 0.6, "step": 8}
     assert not (tmp_path / "best.tmp").exists()
-    with pytest.raises(FileNotFoundError, match="meta_train.py"):
+    with pytest.raises(errors.RunFolderError, match="meta_train.py"):
         rundir.load_best(tmp_path / "missing", target)
     # A checkpoint of another network is refused with a message, not an orbax trace.
     other = maml.MetaParams({"conv0": {"kernel": jnp.zeros((3, 3, 1, 8))}}, {})

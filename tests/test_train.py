@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from roa_jax import config, data, device, maml, models, roa, rundir, train, writers
+from roa_jax import config, data, device, errors, maml, models, roa, rundir, train, writers
 
 SHAPE = (16, 16, 1)
 
@@ -94,7 +94,7 @@ def test_an_exported_run_resumes_elsewhere_as_the_original(tmp_path):
         _final_state(TINY, tmp_path / "whole"), _final_state(TINY, tmp_path / "second")
     )
     assert rundir.finished(rundir.export(tmp_path / "second", kept))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(errors.RunFolderError, match="no checkpoint"):
         rundir.export(tmp_path / "empty", tmp_path / "kept" / "empty")
 
 

@@ -6,6 +6,7 @@ into N-way K-shot tasks. `load_splits` is the one place that picks the loader of
 dataset, and `check_splits` checks the splits can supply its episodes.
 """
 
+from roa_jax import errors
 from roa_jax.data import paths
 from roa_jax.data.episodes import Episode, check_episode_config, sample_episode, sample_episodes
 from roa_jax.data.omniglot import load_omniglot
@@ -52,7 +53,7 @@ def check_splits(cfg, splits: dict) -> None:
         num_classes, num_instances, height, width, _ = images.shape
         check_episode_config(num_classes, num_instances, cfg.n_way, cfg.k_shot, cfg.n_query, split)
         if (height, width) != (cfg.image_size, cfg.image_size):
-            raise ValueError(
+            raise errors.DataError(
                 f"config.image_size={cfg.image_size} does not match the {split!r} images "
                 f"({height}x{width})."
             )

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from roa_jax import errors
+
 
 class Episode(NamedTuple):
     """One few-shot task; leading axes are `[num_tasks, ...]` when batched."""
@@ -40,7 +42,7 @@ def check_episode_config(
     n_query: int,
     split: str | None = "train",
 ) -> None:
-    """Raises ValueError if a split cannot supply the requested episodes.
+    """Raises a UserError (errors.py) if a split cannot supply the requested episodes.
 
     Binaries call this for every split at startup, before anything compiles.
 
@@ -53,23 +55,23 @@ def check_episode_config(
       split: name of the split, for the error message; None: an unnamed class array.
 
     Raises:
-      ValueError: if any of n_way, k_shot, n_query is < 1, if n_way > num_classes, or
-        if k_shot + n_query > num_instances.
+      ConfigError: if any of n_way, k_shot, n_query is < 1.
+      DataError: if n_way > num_classes, or if k_shot + n_query > num_instances.
     """
     where = "the class array" if split is None else f"the {split!r} split"
     for flag, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
         if not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.{flag}={value!r} is invalid: it must be an integer >= 1 ({where} has "
                 f"{num_classes} classes x {num_instances} instances)."
             )
     if n_way > num_classes:
-        raise ValueError(
+        raise errors.DataError(
             f"config.n_way={n_way} is larger than the {num_classes} classes of {where}: use "
             f"1 <= n_way <= {num_classes}, or give {where} more classes."
         )
     if k_shot + n_query > num_instances:
-        raise ValueError(
+        raise errors.DataError(
             f"config.k_shot={k_shot} plus config.n_query={n_query} needs {k_shot + n_query} "
             f"distinct images per class, but {where} has {num_instances}: lower k_shot or n_query "
             f"so that k_shot + n_query <= {num_instances}."
@@ -104,8 +106,8 @@ def sample_episode(
       An `Episode` with pixels `(images / 255 - mean) / std` as float32.
 
     Raises:
-      ValueError: if `images` is not 5-D or the split cannot supply the episode
-        (see `check_episode_config`); raised when tracing, before any compilation.
+      ValueError: if `images` is not 5-D, or (a UserError) the split cannot supply the
+        episode (see `check_episode_config`); raised when tracing, before any compilation.
     """
     if images.ndim != 5:
         raise ValueError(
@@ -165,6 +167,6 @@ def sample_episodes(
       An `Episode` whose fields have a leading `[num_tasks]` axis.
     """
     if not isinstance(num_tasks, numbers.Integral) or num_tasks < 1:
-        raise ValueError(f"num_tasks={num_tasks!r} is invalid: it must be an integer >= 1.")
+        raise errors.ConfigError(f"num_tasks={num_tasks!r} is invalid: it must be an integer >= 1.")
     keys = jax.random.split(key, num_tasks)
     return jax.vmap(lambda k: sample_episode(k, images, n_way, k_shot, n_query, mean, std))(keys)

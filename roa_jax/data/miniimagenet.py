@@ -41,6 +41,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
+from roa_jax import errors
 from roa_jax.data import paths
 
 SPLITS = ("train", "val", "test")
@@ -108,7 +109,7 @@ needs only its own zip and CSV; the other splits may be added later.
 def _data_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
     root = paths.data_root(data_dir)
     if root is None:
-        raise ValueError(
+        raise errors.DataError(
             "ROA_DATA_DIR is not set: pass data_dir (or --data_dir), or set ROA_DATA_DIR, "
             f"to a folder whose {_SUBDIR}/ subfolder holds the miniImageNet zips and CSVs "
             "(README, 'Data')."
@@ -118,17 +119,17 @@ def _data_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
 
 def _check_split_name(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"Unknown miniImageNet split {split!r}: use one of {SPLITS}.")
+        raise errors.ConfigError(f"Unknown miniImageNet split {split!r}: use one of {SPLITS}.")
 
 
 def _split_files(mini_dir: pathlib.Path, split: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """`(zip, csv)` of a split; FileNotFoundError naming the first one missing."""
+    """`(zip, csv)` of a split; DataError naming the first one missing."""
     _check_split_name(split)
     zip_path = mini_dir / f"miniimagenet_{split}.zip"
     csv_path = mini_dir / f"{split}.csv"
     for path in (zip_path, csv_path):
         if not path.is_file():
-            raise FileNotFoundError(
+            raise errors.DataError(
                 f"miniImageNet {split!r} split: {path} not found. Put "
                 f"miniimagenet_{split}.zip (entries {split}/<wnid>/<filename>.jpg) and "
                 f"{split}.csv (header filename,label) in {mini_dir}, or leave the "
@@ -152,33 +153,35 @@ def _read_index(zip_path: pathlib.Path, csv_path: pathlib.Path, split: str) -> l
     """Checks a split's CSV against its zip; returns sorted `(wnid, filename)` rows.
 
     Raises:
-      ValueError: for a bad header, a label outside the split's classes, a duplicate
+      DataError: for a bad header, a label outside the split's classes, a duplicate
         filename, or a CSV filename that is not in the zip.
     """
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0] != ["filename", "label"]:
-        raise ValueError(
+        raise errors.DataError(
             f"{csv_path}: the header is {rows[0] if rows else 'missing'}, expected "
             "`filename,label` (label = WordNet id)."
         )
     index = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != 2 or row[1] not in WNIDS[split]:
-            raise ValueError(
+            raise errors.DataError(
                 f"{csv_path}, line {line}: {row} is not `<filename>,<wnid>` with a wnid of "
                 f"the {len(WNIDS[split])} {split!r} classes of the Ravi & Larochelle split."
             )
         index.append((row[1], row[0]))
     if not index:
-        raise ValueError(f"{csv_path} lists no images: it should have one row per image.")
+        raise errors.DataError(f"{csv_path} lists no images: it should have one row per image.")
     if len({filename for _, filename in index}) != len(index):
-        raise ValueError(f"{csv_path} lists some filenames more than once: remove duplicates.")
+        raise errors.DataError(
+            f"{csv_path} lists some filenames more than once: remove duplicates."
+        )
     with zipfile.ZipFile(zip_path) as zf:
         members = set(zf.namelist())
     missing = [f"{split}/{w}/{name}" for w, name in index if f"{split}/{w}/{name}" not in members]
     if missing:
-        raise ValueError(
+        raise errors.DataError(
             f"{len(missing)} of the {len(index)} images listed in {csv_path} are not in "
             f"{zip_path}, e.g. {missing[:3]}: entries must be <split>/<wnid>/<filename>. "
             "Replace the zip or the CSV with matching ones."
@@ -187,18 +190,20 @@ def _read_index(zip_path: pathlib.Path, csv_path: pathlib.Path, split: str) -> l
 
 
 def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
-    """One 84 x 84 RGB JPEG -> `[84, 84, 3]` uint8; ValueError naming `where` otherwise."""
+    """One 84 x 84 RGB JPEG -> `[84, 84, 3]` uint8; DataError naming `where` otherwise."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "JPEG" or image.mode != "RGB" or image.size != IMAGE_SHAPE[1::-1]:
-                raise ValueError(
+                raise errors.DataError(
                     f"{where} is a {image.width}x{image.height} {image.mode} "
                     f"{image.format} image; miniImageNet images must be 84x84 RGB JPEGs. "
                     "Replace the zip with the standard 84x84 one."
                 )
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{where} is not a readable JPEG ({error}): replace the zip.") from error
+        raise errors.DataError(
+            f"{where} is not a readable JPEG ({error}): replace the zip."
+        ) from error
 
 
 def _iter_split(zip_path: pathlib.Path, index: list, split: str) -> Iterator:
@@ -217,7 +222,7 @@ def _class_array(zip_path: pathlib.Path, csv_path: pathlib.Path, split: str) -> 
     (usual, _), *_ = collections.Counter(counts.values()).most_common(1)
     odd = {wnid: n for wnid, n in counts.items() if n != usual}
     if odd:
-        raise ValueError(
+        raise errors.DataError(
             f"{csv_path}: classes {odd} have other numbers of images than the {usual} of the "
             f"rest; a class array needs the same number in every class ({NUM_INSTANCES} as "
             "standard)."
@@ -291,8 +296,9 @@ def load_miniimagenet(
       standard files: `[C, 600, 84, 84, 3]` and class c is `WNIDS[split][c]`.
 
     Raises:
-      ValueError: for an unknown split, unset data_dir, or invalid source files.
-      FileNotFoundError: naming the zip or CSV of a requested split that is missing;
+      ConfigError: for an unknown split.
+      DataError: for an unset data_dir or invalid source files, and naming the zip or CSV
+        of a requested split that is missing;
         checked for every requested split before anything is decoded.
     """
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
@@ -388,15 +394,16 @@ def build_tfds(
       `{split: builder}`; read with `builder.as_dataset(split=split)`.
 
     Raises:
-      FileNotFoundError: naming the zip or CSV of a requested split that is missing
-        (checked for all splits before building any), or if no split is present.
-      ValueError: for an unknown split or invalid source files.
+      DataError: naming the zip or CSV of a requested split that is missing (checked for
+        all splits before building any), if no split is present, or for invalid source
+        files.
+      ConfigError: for an unknown split.
     """
     mini_dir = _data_root(data_dir) / _SUBDIR
     if splits is None:
         splits = available_splits(data_dir)
         if not splits:
-            raise FileNotFoundError(
+            raise errors.DataError(
                 f"No miniImageNet split in {mini_dir}: expected miniimagenet_<split>.zip "
                 "and <split>.csv for at least one of train, val, test.\n"
                 + MANUAL_DOWNLOAD_INSTRUCTIONS

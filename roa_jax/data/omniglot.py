@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from roa_jax import errors
 from roa_jax.data import paths
 
 NUM_CLASSES = 1623  # 964 background + 659 evaluation characters
@@ -40,11 +41,11 @@ _CACHE_FORMAT = 1  # bump when the preprocessing changes, to ignore stale caches
 
 
 def _check_omniglot_dir(omniglot_dir: pathlib.Path) -> None:
-    """Raises FileNotFoundError naming the first missing input of the offline build."""
+    """Raises DataError naming the first missing input of the offline build."""
     for name in ("checksums.tsv", *_ZIP_FILES):
         path = omniglot_dir / name
         if not path.is_file():
-            raise FileNotFoundError(
+            raise errors.DataError(
                 f"Omniglot file not found: {path}. Set ROA_DATA_DIR (or pass --data_dir) to "
                 "a folder whose omniglot/ subfolder holds checksums.tsv, "
                 "images_background.zip and images_evaluation.zip, "
@@ -73,13 +74,13 @@ def group_by_class(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Within a class, images keep their input order.
 
     Raises:
-      ValueError: unless labels cover 0..1622 with exactly 20 images each.
+      DataError: unless labels cover 0..1622 with exactly 20 images each.
     """
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=NUM_CLASSES) if labels.size else np.zeros(0, int)
     if counts.shape != (NUM_CLASSES,) or np.any(counts != NUM_INSTANCES):
         bad = np.flatnonzero(counts != NUM_INSTANCES)[:5]
-        raise ValueError(
+        raise errors.DataError(
             f"Omniglot should have {NUM_CLASSES} classes x {NUM_INSTANCES} images, got "
             f"{labels.size} images and wrong counts for classes {bad.tolist()} "
             f"({counts[bad].tolist()} images). The tfds build is incomplete or from other "
@@ -100,7 +101,7 @@ def _tfds_splits(data_root: pathlib.Path | None, cache_root: pathlib.Path) -> li
         try:
             return tfds.load("omniglot", split=list(_TFDS_SPLITS), decoders=decoders)
         except Exception as e:  # noqa: BLE001 - requests, tfds and TF raise many types
-            raise ConnectionError(
+            raise errors.DataError(
                 f"Omniglot download through tfds failed ({type(e).__name__}: {str(e)[:200]}). "
                 "Offline, set ROA_DATA_DIR (or pass --data_dir) to a folder whose omniglot/ "
                 "subfolder holds checksums.tsv, images_background.zip and "
@@ -176,7 +177,7 @@ def omniglot_classes(
       (the global character id - 1).
     """
     if int(image_size) != image_size or not 1 <= image_size <= SOURCE_SIZE:
-        raise ValueError(
+        raise errors.ConfigError(
             f"image_size={image_size!r} is out of range: use an integer in 1..{SOURCE_SIZE} "
             "(Omniglot images are 105 x 105; 28 is the usual size)."
         )
@@ -237,8 +238,8 @@ def load_omniglot(
       uint8, strokes 255 on a 0 background.
 
     Raises:
-      ValueError: for a bad `split_sizes` or `image_size`.
-      FileNotFoundError: if a file of `<data_dir>/omniglot/` is needed and missing.
+      ConfigError: for a bad `split_sizes` or `image_size`.
+      DataError: if a file of `<data_dir>/omniglot/` is needed and missing.
     """
     split_sizes = tuple(split_sizes)
     if (
@@ -246,7 +247,7 @@ def load_omniglot(
         or any(int(n) != n or n < 1 for n in split_sizes)
         or sum(split_sizes) > NUM_CLASSES
     ):
-        raise ValueError(
+        raise errors.ConfigError(
             f"split_sizes={split_sizes!r} is invalid: it must be 3 integers >= 1, the "
             f"number of (train, val, test) classes, summing to at most {NUM_CLASSES} "
             f"(default {SPLIT_SIZES})."

@@ -3,6 +3,8 @@
 import os
 import pathlib
 
+from roa_jax import errors
+
 
 def data_root(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
     """`data_dir`, else env ROA_DATA_DIR, else None (download through tfds).
@@ -17,7 +19,7 @@ def data_root(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
         return None
     root = pathlib.Path(data_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise errors.DataError(
             f"{source}={data_dir}: no such folder. Point it at the folder that holds omniglot/ "
             "(and miniimagenet/), or unset it to download through tfds."
         )

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from roa_jax import errors
+
 _MIN_STROKES, _MAX_STROKES = 2, 4
 _MARGIN = 5.0  # px between prototype endpoints and the border, leaves room for the shift
 _STROKE_SIGMA = 1.2  # px, Gaussian half-width of a stroke
@@ -68,7 +70,9 @@ def synthetic_classes(
         ("channels", channels, 1),
     ):
         if int(value) != value or value < low:
-            raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {low}.")
+            raise errors.ConfigError(
+                f"{name}={value!r} is invalid: it must be an integer >= {low}."
+            )
     rng = np.random.default_rng(seed)
     scale = image_size / 28.0
     margin = _MARGIN * scale
@@ -114,7 +118,7 @@ def load_synthetic(
     """
     split_sizes = tuple(split_sizes)
     if len(split_sizes) != 3 or any(int(n) != n or n < 1 for n in split_sizes):
-        raise ValueError(
+        raise errors.ConfigError(
             f"split_sizes={split_sizes!r} is invalid: it must be 3 integers >= 1, the "
             "number of (train, val, test) classes."
         )
