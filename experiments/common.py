@@ -19,8 +19,9 @@ from ml_collections import config_flags
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
+from roa_jax import batching, distributed, errors, rundir  # noqa: E402
 from roa_jax import config as config_lib  # noqa: E402
-from roa_jax import distributed, errors, rundir  # noqa: E402
+from roa_jax.data import paths  # noqa: E402
 
 ROOT = _ROOT
 FLAGS = flags.FLAGS
@@ -180,6 +181,8 @@ def run(main) -> None:
     def wrapped(argv):
         if len(argv) > 1:
             _fail(f"unexpected arguments {argv[1:]} (flags are --name=value).")
+        cache = FLAGS.cache_dir if "cache_dir" in FLAGS else None
+        batching.use_compile_cache(paths.cache_root(cache) / "jax")
         try:
             return main(argv)
         except errors.UserError as e:

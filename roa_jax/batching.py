@@ -59,6 +59,22 @@ def configure_xla(environ=os.environ) -> bool:
     return True
 
 
+def use_compile_cache(directory, environ=os.environ) -> bool:
+    """Keeps compiled programs in `directory` across processes (JAX's persistent compilation
+    cache, programs that took >= 1 s to compile); True if it did.
+
+    A rerun, a resumed run or a second task of the same shapes loads its programs instead of
+    compiling them again (BUILD_NOTES.md, "Speed: the meta-step near the machine's limit").
+    Nothing changes where JAX_COMPILATION_CACHE_DIR already names a cache, or where
+    ROA_COMPILE_CACHE=0.
+    """
+    if environ.get("ROA_COMPILE_CACHE") == "0" or environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return False
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return True
+
+
 STRATEGIES = ("unroll", "vmap", "map")
 GRID_STRATEGIES = (*STRATEGIES, "loop")
 

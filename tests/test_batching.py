@@ -129,3 +129,13 @@ def test_configure_xla_adds_the_cpu_flag_once_and_leaves_a_users_choice(monkeypa
     assert users["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
     monkeypatch.setattr(batching.jaxlib, "__version__", "0.11.0")  # not measured: no flag
     assert not batching.configure_xla({})
+
+
+def test_compile_cache_is_set_unless_the_user_chose(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(jax.config, "update", lambda name, value: seen.update({name: value}))
+    assert not batching.use_compile_cache(tmp_path, {"ROA_COMPILE_CACHE": "0"})
+    assert not batching.use_compile_cache(tmp_path, {"JAX_COMPILATION_CACHE_DIR": "/elsewhere"})
+    assert seen == {}
+    assert batching.use_compile_cache(tmp_path, {})
+    assert seen["jax_compilation_cache_dir"] == str(tmp_path)

@@ -44,7 +44,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_the_import_graph_sees_function_level_and_package_imports():
     graph = import_graph()
-    assert "roa_jax.comparison" in graph["roa_jax.figures"]  # inside a function
+    assert "roa_jax.distributed" in graph["roa_jax.figures"]  # inside a function
     assert "roa_jax.data.paths" in graph["roa_jax.data.omniglot"]  # from roa_jax.data import paths
     assert "roa_jax.data.episodes" in graph["roa_jax.data"]
     assert "roa_jax.batching" in graph["roa_jax"]
