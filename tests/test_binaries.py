@@ -391,7 +391,7 @@ def test_meta_train_without_usable_splits_fails_before_training(tmp_path):
     zip_path = root / "miniimagenet" / "miniimagenet_train.zip"
     proc = _run("meta_train.py", *flags)
     _assert_refused(proc, f"{zip_path} not found")
-    assert not cache.exists()  # val and test were not decoded either
+    assert not list(cache.glob("miniimagenet*"))  # val and test were not decoded either
     assert not workdir.exists()
     # With train present, the 3-class val split cannot make 5-way tasks.
     _write_split(root, "train", mi.WNIDS["train"][:5], num_instances=16)
