@@ -64,7 +64,7 @@ def use_compile_cache(directory, environ=os.environ) -> bool:
     cache, programs that took >= 1 s to compile); True if it did.
 
     A rerun, a resumed run or a second task of the same shapes loads its programs instead of
-    compiling them again (BUILD_NOTES.md, "Speed: the meta-step near the machine's limit").
+    compiling them again (BUILD_NOTES.md, "The main job's compiles").
     Nothing changes where JAX_COMPILATION_CACHE_DIR already names a cache, or where
     ROA_COMPILE_CACHE=0.
     """
