@@ -19,7 +19,6 @@ five noisy writes cost about 3.5x one and only two claims need them.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import pathlib
@@ -159,7 +158,7 @@ def calibrate(
     )
     for i, record in enumerate(chosen):
         extra = comparison.select(stage2, i) if len(chosen) > 1 else stage2
-        records[i] = _record(record["reconstruction"], _merge(record["results"], extra))
+        records[i] = _record(record["reconstruction"], comparison.merge(record["results"], extra))
     return sorted(records, key=_rank)
 
 
@@ -177,16 +176,6 @@ def _stage2_choice(records, out_dir, top, rescore) -> tuple[list[dict], list[dic
     if rescore or top <= 0:
         return records, []
     return records, records[:top]
-
-
-def _merge(results: Results, extra: Results) -> Results:
-    """Stage 1's results of a device with its stage-2 parts and models, finished again."""
-    merged = dataclasses.replace(
-        results,
-        parts={**results.parts, **extra.parts},
-        models={**results.models, **extra.models},
-    )
-    return comparison.finish(merged)
 
 
 def _record(recon: Reconstruction, results: Results) -> dict:

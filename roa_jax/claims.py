@@ -172,11 +172,38 @@ def _combined_ci(a: _Point, b: _Point) -> float:
     return math.hypot(a.ci, b.ci)
 
 
-def _mean_difference(a: dict, b: dict, levels) -> tuple[float, float]:
-    """Mean of a - b over `levels` (pp) and the 95 % CI of that mean (independent errors)."""
-    diffs = [a[s].acc - b[s].acc for s in levels]
-    var = sum(a[s].ci ** 2 + b[s].ci ** 2 for s in levels)
-    return float(np.mean(diffs)), math.sqrt(var) / len(levels)
+def paired_difference(a_rows: list[dict], b_rows: list[dict]) -> tuple[float, float, bool]:
+    """Mean of a - b over matched rows (pp), the 95 % CI of that mean, and whether it is paired.
+
+    Row i of `a_rows` and of `b_rows` are one noise level of two methods (or rhos). Where every
+    row holds 'task_accuracies' of one length, the rows saw the same tasks and noise draws
+    (evaluation.py: common random numbers), so the CI is that of the per-task differences
+    (averaged over the levels first): shared task difficulty cancels. Otherwise (results.json
+    written before per-task accuracies were kept) the rows' CIs combine as independent errors.
+    """
+    diffs = [
+        100 * (float(a["accuracy"]) - float(b["accuracy"]))
+        for a, b in zip(a_rows, b_rows, strict=True)
+    ]
+    tasks = [r.get("task_accuracies") for r in (*a_rows, *b_rows)]
+    if all(tasks) and len({len(t) for t in tasks}) == 1 and len(tasks[0]) > 1:
+        n = len(a_rows)
+        per_task = 100 * np.mean(
+            [np.subtract(a, b) for a, b in zip(tasks[:n], tasks[n:], strict=True)], axis=0
+        )
+        half = 1.96 * float(np.std(per_task, ddof=1)) / math.sqrt(per_task.size)
+        return float(np.mean(diffs)), half, True
+    var = sum((100 * float(r.get("ci95") or 0.0)) ** 2 for r in (*a_rows, *b_rows))
+    return float(np.mean(diffs)), math.sqrt(var) / len(a_rows), False
+
+
+def _ci_kind(paired: bool) -> str:
+    return "paired 95 % CI" if paired else "combined 95 % CI"
+
+
+def _mean_difference(a: dict, b: dict, levels) -> tuple[float, float, bool]:
+    """`paired_difference` of two methods' points over `levels`."""
+    return paired_difference([a[s].row for s in levels], [b[s].row for s in levels])
 
 
 def _verdict(claim, statement, margin, ours, tolerance) -> Verdict:

@@ -349,6 +349,17 @@ def finish(results: Results) -> Results:
     return dataclasses.replace(results, methods=method_rows(results))
 
 
+def merge(results: Results, extra: Results) -> Results:
+    """`results` with the parts and models of `extra` (evaluated apart, on the same tasks),
+    finished again."""
+    merged = dataclasses.replace(
+        results,
+        parts={**results.parts, **extra.parts},
+        models={**results.models, **extra.models},
+    )
+    return finish(merged)
+
+
 def method_rows(results: Results) -> list[dict]:
     """The paper's methods, one row per noise level, picked from the evaluated parts."""
     out = []

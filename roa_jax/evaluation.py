@@ -264,7 +264,9 @@ def confidence_interval(accuracies):
 def summarize(accuracies, grid: Grid) -> list[dict]:
     """One row per (device, sigma_w, rho): mean of the per-seed means, 95 % CI over all tasks.
 
-    The `device` key is left out of rows of a single-device grid.
+    The `device` key is left out of rows of a single-device grid. 'task_accuracies' holds every
+    task's accuracy (seed by seed, to 6 decimals): points with the same seeds saw the same tasks
+    and noise draws, so two rows can be compared task by task (claims.py's paired differences).
     """
     rows = []
     many = len(set(grid.device.tolist())) > 1
@@ -283,6 +285,7 @@ def summarize(accuracies, grid: Grid) -> list[dict]:
                 "ci95": ci,
                 "seed_accuracies": [float(x) for x in per_seed.mean(axis=1)],
                 "tasks": int(per_seed.size),
+                "task_accuracies": [round(float(x), 6) for x in per_seed.ravel()],
             }
         )
     return rows

@@ -2,7 +2,8 @@
 
 `Results` is what `comparison.evaluate` returns, what reproduce.py writes as results.json and
 what claims, figures and calibration read. Rows stay the records `evaluation.summarize` makes,
-{'sigma_w', 'rho', 'accuracy', 'ci95', 'seed_accuracies', 'tasks'} (accuracies as fractions),
+{'sigma_w', 'rho', 'accuracy', 'ci95', 'seed_accuracies', 'tasks', 'task_accuracies'}
+(accuracies as fractions; 'task_accuracies', per task, is absent from files written before it),
 and a method row adds {'method'} (one of METHOD_NAMES).
 
 The JSON is `json.dumps(fields, indent=1)` in the field order below, with 'seconds' only where

@@ -17,6 +17,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from roa_jax import batching, crossbar, maml, models, writers
 
@@ -29,6 +30,29 @@ def constraint(params: dict, constraint_k: float, placement=models.default_place
     bound = 1.0 / constraint_k
     on_crossbars = models.split(params, placement)[models.CROSSBAR]
     return sum(jnp.sum(jax.nn.relu(jnp.abs(w) - bound) ** 2) for w in on_crossbars.values())
+
+
+# |W| at or beyond this is "near the device's ends": within 10 % of the range's half-width of
+# G_min or G_max (crossbar.program maps W in [-1, 1] onto the whole range).
+NEAR_ENDS = 0.9
+
+
+def weight_shares(params: dict, constraint_k: float, placement=models.default_placement):
+    """Where the crossbar weights sit, per layer: {layer: {'beyond': share with |W| > 1/k
+    (what the constraint acts on), 'near_ends': share with |W| >= NEAR_ENDS, 'median', 'p99'
+    (of |W|), 'size'}}. Layers are the kernels' paths joined by '/'."""
+    bound = 1.0 / constraint_k
+    out = {}
+    for path, w in models.split(params, placement)[models.CROSSBAR].items():
+        a = np.abs(np.asarray(w, np.float64)).ravel()
+        out["/".join(path)] = {
+            "beyond": float(np.mean(a > bound)),
+            "near_ends": float(np.mean(a >= NEAR_ENDS)),
+            "median": float(np.median(a)),
+            "p99": float(np.quantile(a, 0.99)),
+            "size": int(a.size),
+        }
+    return out
 
 
 def adapt_tasks(
