@@ -44,7 +44,11 @@ def test_every_reconstruction_is_scored_and_the_top_one_gets_5_step(calibrated):
     )
     for r in records:
         assert [v.claim for v in r["verdicts"]] == list(claims.CLAIM_IDS)
-        assert (r["holds"], r["measured"]) == claims.score(r["verdicts"])
+        # Scored on the stated claims; the inferred one is reported beside, not weighed.
+        assert (r["holds"], r["measured"]) == claims.score(r["verdicts"], (claims.STATED,))
+        assert r["inferred"] == claims.score(r["verdicts"], (claims.INFERRED,))
+        stated = [v for v in r["verdicts"] if v.source == claims.STATED]
+        assert r["margin"] == pytest.approx(sum(v.margin for v in stated if v.margin is not None))
     with_five = [r for r in records if "five_step_test" in r["results"].parts]
     assert len(with_five) == 1
 

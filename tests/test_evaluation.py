@@ -98,6 +98,7 @@ def test_summary_averages_seeds_and_pools_tasks_for_the_interval():
     assert row["accuracy"] == pytest.approx(0.75)
     assert row["seed_accuracies"] == [0.5, 1.0]
     assert row["tasks"] == 8
+    assert row["task_accuracies"] == acc.ravel().tolist()  # seed by seed, for paired differences
     # The interval of the 8 pooled tasks, not of the 2 seed means.
     expected = 1.96 * np.std(acc.ravel(), ddof=1) / np.sqrt(8)
     assert row["ci95"] == pytest.approx(expected, rel=1e-5)

@@ -35,6 +35,25 @@ def test_constraint_zero_inside_positive_outside_the_bound():
     np.testing.assert_allclose(roa.constraint(others, 1.0, bias_too), 4.0**2, rtol=1e-6)
 
 
+def test_weight_shares_count_what_the_constraint_acts_on():
+    params = {
+        "conv0": {"kernel": jnp.array([0.1, -0.3, 0.95, -1.0]), "bias": jnp.array([9.0])},
+        "head": {"kernel": jnp.array([[0.2, 0.26], [-0.5, 0.0]])},
+        "bn": {"scale": jnp.array([3.0])},
+    }
+    shares = roa.weight_shares(params, 4.0)
+    assert set(shares) == {"conv0/kernel", "head/kernel"}  # crossbar weights only
+    conv = shares["conv0/kernel"]
+    assert (conv["beyond"], conv["near_ends"], conv["size"]) == (0.75, 0.5, 4)
+    assert conv["median"] == np.median([0.1, 0.3, 0.95, 1.0])
+    assert shares["head/kernel"]["beyond"] == 0.5 and shares["head/kernel"]["near_ends"] == 0.0
+    assert roa.weight_shares(params, 2.0)["conv0/kernel"]["beyond"] == 0.5
+    # Exactly where the penalty is positive: the same bound as roa.constraint.
+    w = params["conv0"]["kernel"]
+    assert float(roa.constraint({"c": {"kernel": w[:1]}}, 4.0)) == 0.0
+    assert float(roa.constraint({"c": {"kernel": w[1:2]}}, 4.0)) > 0.0
+
+
 def test_adapt_tasks_without_hardware_is_exact_adaptation():
     model = models.Conv4(N_WAY, 8, 2)
     meta, episodes = _meta(model), _episodes()
