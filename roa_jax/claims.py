@@ -7,8 +7,8 @@ it "not measured" (never an error: a malformed file is an error when it is read)
 Methods are results_lib's ids: ROA (1 step, constraint, tuned rho), ROA_FLR (rho = 1), ROA_WC
 (no constraint), FIVE_STEP (five noisy writes) and OFFLINE. Accuracies are fractions in the
 input and percentage points (pp) in every verdict. A claim holds exactly when its margin, the
-signed distance from the decision boundary, is positive; margins are in pp, except for the
-best-rho claims (octaves, log2 of rho) and the threshold ordering (sigma_w).
+signed distance from the decision boundary, is positive; margins are in pp, except for
+best_rho_falls (octaves, log2 of rho) and the threshold ordering (sigma_w).
 
 Every claim carries its source (`SOURCES`): STATED, with the sentence of the paper it reads, or
 INFERRED, with why we read it into the paper; the calibration scores stated claims only.
@@ -829,7 +829,7 @@ def by_scale(results_by_scale: dict, task: str) -> str:
     verdicts = {s: evaluate(results_by_scale[s], task) for s in scales}
     lines = [
         f"The paper's claims on {task} after each scale's meta-training, judged by "
-        "roa_jax/claims.py; in brackets the margin (pp; octaves for the best-rho claims), "
+        "roa_jax/claims.py; in brackets the margin (pp; octaves for best_rho_falls), "
         "positive where the claim holds.",
         "",
         "| claim | " + " | ".join(scales) + " |",
