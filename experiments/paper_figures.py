@@ -9,8 +9,8 @@ task's claims and the cross-task ones) and maml_sanity.md (origin at sigma_w 0 a
 published accuracy, with each task's scale) to --out_dir. With --readme, the README's sections
 between its `<!-- claims-summary -->` and `<!-- maml-sanity -->` markers are replaced by the
 generated ones, and each task's `<!-- table2 <task>_<scale> -->` section, where the README has
-one, by that task's Table 2 (its table2.md). Each task's claims.md and claims.json are written
-again from its results.json (with claims.py as it is now).
+one, by that task's Table 2 (its table2.md). Each task's claims.md, claims.json and table2.md are
+written again from its results.json (with claims.py and figures.py as they are now).
 
 A task that also has results at a --compare_scales scale (the longer Omniglot 5-way run,
 cpu_long) gets scales_<task>.md (each method's accuracy and each claim's verdict per scale) and
@@ -115,12 +115,13 @@ def main(argv):
     sanity = figures.maml_sanity_table(by_task)
     (out / "maml_sanity.md").write_text(sanity)
     by_scale = _other_scales(root, by_task)
-    # Each task's claims.md/json again from its results.json (as reproduce.py writes them), so
-    # a change of claims.py reaches every committed folder.
+    # Each task's claims.md/json and table2.md again from its results.json (as reproduce.py
+    # writes them), so a change of claims.py or figures.py reaches every committed folder.
     for task, by in {**{t: {FLAGS.scale: r} for t, r in by_task.items()}, **by_scale}.items():
         for scale, results in by.items():
             name = f"{task}_{scale}"
             claims.write(claims.evaluate(results, task), root / name, title=name)
+            (root / name / "table2.md").write_text(figures.table2(results))
     for task, results in by_scale.items():
         text = figures.scales_table(results) + "\n" + claims.by_scale(results, task)
         (out / f"scales_{task}.md").write_text(text)

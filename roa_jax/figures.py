@@ -146,6 +146,8 @@ def table2(results) -> str:
         f"Table 2 ({results.title}): test accuracy (%), mean of {results.seeds} repeats "
         f"+- 95 % CI over all tasks. Chance {100 * results.chance:.1f} %."
     ]
+    if results.devices:
+        lines[0] += f" Device preset {results.device_note}."
     row = results.origin.get(ROA_MODEL)
     if row:
         lines[0] += (
@@ -288,17 +290,26 @@ def maml_sanity_table(by_task: dict) -> str:
 
 def paper_table2(by_task: dict) -> str:
     """Table 2 over all tasks: ROA, 5-step, ROA-WC, ROA-FLR at each task's noise levels."""
+    notes = {results.device_note for _, _, results in _present(by_task)}
+    one = len(notes) == 1
+    same = (
+        f"the device preset {next(iter(notes))} for every task"
+        if one
+        else "DIFFERENT device presets per task (named under each)"
+    )
     lines = [
         "Table 2, every task: test accuracy (%) of ROA, 5-step, ROA-WC and ROA-FLR, mean of the "
-        "repeats (CIs in each task's table2.md); chance and origin (ideal weights) per task.",
+        "repeats (CIs in each task's table2.md); chance and origin (ideal weights) per task; "
+        f"{same}.",
         "",
     ]
     for _, title, results in _present(by_task):
         sigmas = sorted({r["sigma_w"] for r in results.methods})
         origin = results.origin.get(ROA_MODEL)
         origin_text = f", origin {100 * origin['accuracy']:.1f}" if origin else ""
+        device_text = "" if one else f", device {results.device_note}"
         lines += [
-            f"**{title}** (chance {100 * results.chance:.1f}{origin_text})",
+            f"**{title}** (chance {100 * results.chance:.1f}{origin_text}{device_text})",
             "",
             "| method | " + " | ".join(f"σw={s:g}" for s in sigmas) + " |",
             "|---" * (len(sigmas) + 1) + "|",

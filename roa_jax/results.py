@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import pathlib
@@ -77,6 +78,16 @@ class Results:
     def rows(self, method: str) -> list[dict]:
         """The rows of `method` (one of METHOD_NAMES), in their stored order."""
         return [r for r in self.methods if r["method"] == method]
+
+    @property
+    def device_note(self) -> str:
+        """The device preset(s) evaluated, each with a digest of its parameters ("calibrated
+        [3f2a91]"): a preset whose parameters change gets another digest, so results of two
+        versions of one name are told apart in every table."""
+        return ", ".join(
+            f"{label} [{hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:6]}]"
+            for label, p in self.devices.items()
+        )
 
     def part_rows(self, model: str, split: str) -> list[dict] | None:
         """The rows of part '<model>_<split>' ('val', 'test', 'origin'), None if not evaluated."""
