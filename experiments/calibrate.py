@@ -8,11 +8,13 @@ Takes the meta-trained networks of a reproduce.py run folder (roa, roa_wc and, i
 five_step; pre-training is software, so no re-training), evaluates every reconstruction
 (noise law x scale x granularity, roa_jax/calibration.py) on validation tasks, scores each
 with the claims module and writes calibration.csv, calibration.md (claims by reconstruction),
-calibration.json and calibration.png. Reruns reuse the evaluated parts; --rescore scores the
-saved parts again without evaluating (after a change of the claims module, whose verdicts are
-all computed from the saved accuracies).
+calibration.json, calibration.png and adopted.md (the adopted `calibrated` preset against the
+best here, claim by claim, beside its verdicts in --earlier). Reruns reuse the evaluated
+parts; --rescore scores the saved parts again without evaluating (after a change of the claims
+module, whose verdicts are all computed from the saved accuracies).
 """
 
+import json
 import pathlib
 import shlex
 import sys
@@ -37,6 +39,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("base", "paper", "Device preset (or .json) the granularity refers to.")
 flags.DEFINE_integer("top", 6, "Reconstructions of stage 1 that stage 2 evaluates with 5-step.")
+flags.DEFINE_string(
+    "earlier",
+    None,
+    "calibration.json of the calibration that chose the adopted preset (e.g. "
+    "results/calibration/refine/calibration.json): its verdicts go beside this run's in "
+    "adopted.md.",
+)
 flags.DEFINE_bool(
     "rescore",
     False,
@@ -81,6 +90,12 @@ def main(argv):
         raise errors.RunFolderError(
             f"--runs={FLAGS.runs}: calibrate on Omniglot 5-way 1-shot only (issue 10)."
         )
+    earlier = None
+    if FLAGS.earlier:
+        try:
+            earlier = json.loads(pathlib.Path(FLAGS.earlier).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise errors.RunFolderError(f"--earlier={FLAGS.earlier}: not readable ({e}).") from None
     splits, norm = data.load_splits(cfg, FLAGS.data_dir, FLAGS.cache_dir)
     rundir.hold(FLAGS.out_dir)  # one calibrate.py per output folder, for the process's life
     logging.info("Calibrating %d reconstructions with %s.", len(recons), sorted(trained))
@@ -98,7 +113,7 @@ def main(argv):
     if not distributed.is_main():
         return  # process 0 writes the outputs
     command = "python experiments/calibrate.py " + shlex.join(sys.argv[1:])
-    paths = calibration.write(records, FLAGS.out_dir, command)
+    paths = calibration.write(records, FLAGS.out_dir, command, earlier)
     logging.info("Wrote %s", [str(p) for p in paths])
     print((pathlib.Path(FLAGS.out_dir) / "calibration.md").read_text())
 

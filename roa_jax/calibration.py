@@ -203,9 +203,12 @@ def _rank(record):
     return (-record["holds"], -record["margin"])
 
 
-def write(records: list[dict], out_dir, command: str = "") -> list[pathlib.Path]:
-    """calibration.csv, calibration.md (claims by reconstruction), calibration.json and
-    calibration.png (heatmap of the claims, accuracy vs noise of the best few) in `out_dir`."""
+def write(
+    records: list[dict], out_dir, command: str = "", earlier: list[dict] | None = None
+) -> list[pathlib.Path]:
+    """calibration.csv, calibration.md (claims by reconstruction), calibration.json,
+    calibration.png (heatmap of the claims, accuracy vs noise of the best few) and adopted.md
+    (`against_adopted`, with the `earlier` calibration's records) in `out_dir`."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "calibration.csv", "w", newline="") as f:
@@ -243,13 +246,60 @@ def write(records: list[dict], out_dir, command: str = "") -> list[pathlib.Path]
     ]
     (out / "calibration.json").write_text(json.dumps(summary, indent=1))
     _figure(records, out / "calibration.png")
-    return [
-        out / n
-        for n in ("calibration.csv", "calibration.md", "calibration.json", "calibration.png")
-    ]
+    (out / "adopted.md").write_text(against_adopted(records, earlier))
+    names = ("calibration.csv", "calibration.md", "calibration.json", "calibration.png")
+    return [out / n for n in (*names, "adopted.md")]
 
 
 _MARK = {"holds": "✓", "fails": "✗", "not measured": "–"}
+
+
+def adopted() -> Reconstruction:
+    """The reconstruction the `calibrated` preset is (device.CALIBRATED)."""
+    return Reconstruction(**device.CALIBRATED)
+
+
+def against_adopted(records: list[dict], earlier: list[dict] | None = None) -> str:
+    """Markdown: per claim, the adopted preset's verdict against this calibration's best one's.
+
+    Args:
+      records: this calibration's records, best first (`calibrate`).
+      earlier: the records (calibration.json) of the calibration that chose the adopted preset,
+        for its verdicts there; None: left out.
+    """
+    mine = adopted()
+    ours = next((r for r in records if r["reconstruction"] == mine), None)
+    best = records[0]
+    if ours is None:
+        return f"The adopted preset ({mine.label}) is not in this grid.\n"
+    then = next(
+        (
+            e
+            for e in earlier or []
+            if Reconstruction(e["law"], e["scale"], e["granularity"]) == mine
+        ),
+        None,
+    )
+    head = ["claim", "source"]
+    if then:
+        head.append(f"adopted ({mine.label}), where it was chosen (rules then)")
+    head += [f"adopted ({mine.label}), here", f"best here ({best['reconstruction'].label})"]
+    lines = [
+        f"The adopted preset against this calibration's best, claim by claim (✓ holds, ✗ fails, "
+        f"– not measured; stated claims score, the inferred one is shown). Best here: "
+        f"#1 of {len(records)}, {best['holds']}/{best['measured']} stated claims; the adopted "
+        f"one: #{records.index(ours) + 1}, {ours['holds']}/{ours['measured']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
+    for mine_v, best_v in zip(ours["verdicts"], best["verdicts"], strict=True):
+        cells = [f"`{mine_v.claim}`", mine_v.source]
+        if then:
+            cells.append(_MARK[then["verdicts"].get(mine_v.claim, "not measured")])
+        cells += [_MARK[mine_v.verdict], _MARK[best_v.verdict]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(records: list[dict], command: str = "") -> str:

@@ -90,3 +90,24 @@ def test_outputs(calibrated, tmp_path):
     table = (tmp_path / "calibration.md").read_text()
     assert "`python experiments/calibrate.py`" in table
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + len(RECONS)
+
+
+def test_the_adopted_preset_against_the_best_claim_by_claim(calibrated):
+    _, _, records = calibrated
+    assert calibration.adopted().params(device.paper()) == device.calibrated()
+    assert "is not in this grid" in calibration.against_adopted(records)
+    # With the adopted reconstruction in the grid (here: as if the second were it).
+    mine = calibration.adopted()
+    moved = [dict(records[0])] + [dict(records[1], reconstruction=mine)]
+    earlier = [{**mine._asdict(), "verdicts": {"offline_chance": "fails"}}]
+    text = calibration.against_adopted(moved, earlier)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(claims.CLAIM_IDS)
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:3] == ["`offline_chance`", "stated", "✗"]  # as judged where it was chosen
+    marks = {"holds": "✓", "fails": "✗", "not measured": "–"}
+    assert cells[3:] == [
+        marks[records[1]["verdicts"][0].verdict],
+        marks[records[0]["verdicts"][0].verdict],
+    ]
+    assert "#1 of 2" in text and "the adopted one: #2," in text
