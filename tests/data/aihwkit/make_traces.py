@@ -2,10 +2,12 @@ r"""Reference traces of aihwkit 1.2.0's pulsed devices, for roa_jax's technology
 
 Generated once with aihwkit itself and committed (traces.npz beside this file), so that the
 tests run without aihwkit. aihwkit 1.2.0 is a source distribution; it builds on a 2-core CPU
-machine in about 5 minutes, in a virtual environment of its own:
+machine in about 5 minutes with the cores free, in a virtual environment of its own (mypy is
+needed: its `stubgen` runs after the link, and the build fails there without it):
 
   apt-get install libopenblas-dev
-  pip install torch==2.13.0 cmake pybind11 scikit-build ninja numpy scipy requests tqdm protobuf
+  pip install torch==2.13.0 cmake pybind11 scikit-build ninja mypy numpy scipy requests \
+      tqdm protobuf
   CMAKE_BUILD_PARALLEL_LEVEL=2 USE_CUDA=OFF pip install --no-build-isolation --no-deps \
       aihwkit==1.2.0
   python tests/data/aihwkit/make_traces.py --out=tests/data/aihwkit/traces.npz
