@@ -115,7 +115,9 @@ def verdict(records: list[dict], threshold_pp: float = claims.CONSTRAINT_GAIN_PP
     )
 
 
-def write(records: list[dict], shares: dict, out_dir, command: str = "") -> list[pathlib.Path]:
+def write(
+    records: list[dict], shares: dict, out_dir, command: str = "", chance: float = 0.2
+) -> list[pathlib.Path]:
     """sweep.csv, shares.csv, constraint.md, constraint.json and constraint.png in `out_dir`.
 
     Args:
@@ -123,6 +125,7 @@ def write(records: list[dict], shares: dict, out_dir, command: str = "") -> list
       shares: {network label: roa.weight_shares} (trained networks and initializations).
       out_dir: the output folder.
       command: the command that made them, written at the top of constraint.md.
+      chance: the task's chance accuracy (a fraction), drawn in the figure.
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,7 @@ def write(records: list[dict], shares: dict, out_dir, command: str = "") -> list
         json.dumps({"verdict": verdict(records), "sweep": records, "shares": shares}, indent=1)
     )
     (out / "constraint.md").write_text(to_markdown(records, shares, command))
-    _figure(records, shares, out / "constraint.png")
+    _figure(records, shares, out / "constraint.png", chance)
     return [out / n for n in ("sweep.csv", "shares.csv", "constraint.json", "constraint.md")] + [
         out / "constraint.png"
     ]
@@ -198,8 +201,8 @@ def _layer_names(shares: dict) -> list[str]:
     return [layer.split("/")[0] for layer in next(iter(shares.values()))]
 
 
-def _figure(records, shares, path):
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=(1, 1.4))
+def _figure(records, shares, path, chance=0.2):
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(18, 4.8), width_ratios=(1, 1, 1.4))
     ks = sorted({r["k"] for r in records})
     lams = sorted({r["lam"] for r in records})
     grid = np.full((len(ks), len(lams)), np.nan)
@@ -217,6 +220,23 @@ def _figure(records, shares, path):
     high = ", ".join(f"{s:g}" for s in records[0]["high_levels"])
     left.set_title(f"ROA - ROA-WC at $\\sigma_w$ {high} (pp; paper: > 3)", fontsize=10)
     fig.colorbar(im, ax=left, shrink=0.8)
+    for r in records:
+        levels = [float(s) for s in r["roa"]]
+        middle.plot(levels, list(r["roa"].values()), marker="o", ms=3, lw=0.8, alpha=0.7)
+    wc = records[0]
+    middle.plot(
+        [float(s) for s in wc["roa_wc"]],
+        list(wc["roa_wc"].values()),
+        "k-o",
+        lw=2.5,
+        label="ROA-WC (k = 1)",
+    )
+    middle.axhline(100 * chance, color="grey", ls=":", label="chance")
+    middle.set_xlabel(r"$\sigma_w$")
+    middle.set_ylabel("validation accuracy (%)")
+    middle.set_title("every (k, lambda) ROA (thin) and ROA-WC", fontsize=10)
+    middle.set_ylim(0, 100)
+    middle.legend(fontsize=7)
     layers = _layer_names(shares)
     width = 0.8 / len(shares)
     for i, (net, by_layer) in enumerate(shares.items()):
