@@ -128,6 +128,25 @@ def test_bad_evaluation_flags_are_refused(tmp_path, binary, flag, names):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+# constraint.py
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--ks=0.5"], ["constraint_k=0.5", ">= 1"]),
+        (["--ks=2,x"], ["--ks=2,x", "'x' is not a number"]),
+        (["--lambdas=-1"], ["constraint_lambda=-1.0", ">= 0"]),
+        (["--trained=/nonexistent"], ["--trained (roa/)=/nonexistent"]),
+        (["--sigma_w=nan"], ["--sigma_w=nan"]),
+    ],
+)
+def test_constraint_refuses_bad_flags(tmp_path, flags, names):
+    out = [f"--workdir={tmp_path / 'run'}", f"--out_dir={tmp_path / 'out'}"]
+    _assert_refused(_run("constraint.py", *out, *flags), *names)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 # reproduce.py
 
 
