@@ -2,8 +2,9 @@ r"""Reference traces of aihwkit 1.2.0's pulsed devices, for roa_jax's technology
 
 Generated once with aihwkit itself and committed (traces.npz beside this file), so that the
 tests run without aihwkit. aihwkit 1.2.0 is a source distribution; it builds on a 2-core CPU
-machine in about 5 minutes with the cores free, in a virtual environment of its own (mypy is
-needed: its `stubgen` runs after the link, and the build fails there without it):
+machine in about 5 minutes with the cores free, in an activated virtual environment of its own
+(mypy is needed, and its venv's bin/ on PATH: the build runs `stubgen` after the link and
+fails there without it, as two tries here did after ~35 min each):
 
   apt-get install libopenblas-dev
   pip install torch==2.13.0 cmake pybind11 scikit-build ninja mypy numpy scipy requests \
