@@ -213,7 +213,7 @@ def _header(models_, proto, devices, title, task_cfg) -> Results:
         seeds=proto.seeds,
         protocol=proto._asdict(),
         devices={
-            label: {k: float(v) for k, v in params._asdict().items()}
+            label: {k: np.asarray(v).tolist() for k, v in params._asdict().items()}
             for label, params in devices.items()
         },
         models={name: dataclasses.asdict(cfg) for name, (cfg, _) in models_.items()},

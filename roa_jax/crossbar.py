@@ -10,6 +10,11 @@ Two mappings [MODEL.md 2, chosen]:
   - single device around the midpoint: G = Gmid + W * Ghalf, W in [-1, 1] (the default);
   - differential pair: G+- = Gmid +- W * Ghalf, so W = (G+ - G-) / (Gbar_max - Gbar_min).
 Both use the mean G_min and G_max of the devices [text], so they hold under variation too.
+
+The devices are the paper's (`device.DeviceParams`) or one of aihwkit's technologies
+(`technologies.TechParams`): then a "conductance" is aihwkit's device weight, the range
+[G_min, G_max] the technology's mean bounds, and each array's devices, with their variation,
+come from `technologies.chip`. The functions below hide the difference.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from roa_jax import device
+from roa_jax import device, technologies
 
 
 class Crossbar(NamedTuple):
@@ -37,9 +42,38 @@ class WriteVerifyStats(NamedTuple):
     max_error: jax.Array  # shape=(), largest |W - target| left, weight units
 
 
+def _is_technology(params) -> bool:
+    return isinstance(params, technologies.TechParams)
+
+
+def _bounds(params, shape, member: int):
+    """Each device's (G_min, G_max) on an array of `shape` (`member` 1: a pair's partner)."""
+    if _is_technology(params):
+        h = technologies.chip(params, shape, member)
+        return h.min_bound, h.max_bound  # aihwkit's set_weights clips the stored weight
+    return device.conductance_range(params)
+
+
+def _v_read(params):
+    """The read voltage (V); a technology's weights are read at unit voltage."""
+    return 1.0 if _is_technology(params) else params.v_read
+
+
+def _write(key, g, dg, params, sigma_w, policy, member: int):
+    """(g_new, n) of one array's write: `device.write` or a technology's."""
+    if _is_technology(params):
+        h = technologies.chip(params, jnp.shape(g), member)
+        policy = device.open_loop() if policy is None else policy
+        return technologies.write(key, g, dg, h, sigma_w, policy.max_pulses, policy.min_pulses)
+    return device.write(key, g, dg, params, sigma_w, policy)
+
+
 def reference(params: device.DeviceParams):
     """(Gmid, Ghalf) in S from the mean G_min, G_max of the devices [text]."""
-    g_min, g_max = device.conductance_range(params)
+    if _is_technology(params):
+        g_min, g_max = params.w_min, params.w_max
+    else:
+        g_min, g_max = device.conductance_range(params)
     g_min, g_max = jnp.mean(g_min), jnp.mean(g_max)
     return (g_max + g_min) / 2, (g_max - g_min) / 2
 
@@ -51,13 +85,13 @@ def program(weights, params: device.DeviceParams, differential: bool = False) ->
     for real.
     """
     g_mid, g_half = reference(params)
-    g_min, g_max = device.conductance_range(params)
     w = jnp.clip(weights, -1.0, 1.0)
+    shape = jnp.shape(weights)
+    g_pos = jnp.clip(g_mid + w * g_half, *_bounds(params, shape, 0))
     if differential:
         # Both devices start around the midpoint, so either can move both ways on an update.
-        g_pos, g_neg = g_mid + w * g_half, g_mid - w * g_half
-        return Crossbar(jnp.clip(g_pos, g_min, g_max), jnp.clip(g_neg, g_min, g_max))
-    return Crossbar(jnp.clip(g_mid + w * g_half, g_min, g_max), None)
+        return Crossbar(g_pos, jnp.clip(g_mid - w * g_half, *_bounds(params, shape, 1)))
+    return Crossbar(g_pos, None)
 
 
 def weights(xbar: Crossbar, params: device.DeviceParams):
@@ -93,14 +127,15 @@ def mac(x, xbar: Crossbar, params: device.DeviceParams, key=None, read_noise=0.0
     """
     g_mid, g_half = reference(params)
     n_out = xbar.g_pos.shape[-1]
-    v = params.v_read * x
+    v_read = _v_read(params)
+    v = v_read * x
     current = v @ xbar.g_pos.reshape(-1, n_out)
     if xbar.g_neg is None:
         current = current - g_mid * jnp.sum(v, axis=-1, keepdims=True)
-        scale = params.v_read * g_half
+        scale = v_read * g_half
     else:
         current = current - v @ xbar.g_neg.reshape(-1, n_out)
-        scale = params.v_read * 2 * g_half
+        scale = v_read * 2 * g_half
     y = current / scale
     if key is not None:
         # Independent per-device read noise sums to a Gaussian with std ~ ||x|| per output.
@@ -136,11 +171,11 @@ def write_update(key, xbar: Crossbar, dw, params, sigma_w, policy=None):
     """
     _, g_half = reference(params)
     if xbar.g_neg is None:
-        g, n = device.write(key, xbar.g_pos, dw * g_half, params, sigma_w, policy)
+        g, n = _write(key, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0)
         return Crossbar(g, None), n
     k_pos, k_neg = jax.random.split(key)
-    g_pos, n_pos = device.write(k_pos, xbar.g_pos, dw * g_half, params, sigma_w, policy)
-    g_neg, n_neg = device.write(k_neg, xbar.g_neg, -dw * g_half, params, sigma_w, policy)
+    g_pos, n_pos = _write(k_pos, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0)
+    g_neg, n_neg = _write(k_neg, xbar.g_neg, -dw * g_half, params, sigma_w, policy, 1)
     return Crossbar(g_pos, g_neg), jnp.abs(n_pos) + jnp.abs(n_neg)
 
 

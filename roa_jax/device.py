@@ -176,7 +176,8 @@ PRESETS = {
 
 
 def preset(name: str) -> DeviceParams:
-    """A device preset by name (one of `PRESETS`), or the parameters saved in a `.json` file.
+    """A device preset by name (one of `PRESETS`, or of aihwkit's technologies,
+    `technologies.PRESETS`), or the parameters saved in a `.json` file.
 
     A name ending in `.json` is read with `load_params` (e.g. a fitted device).
     """
@@ -184,16 +185,26 @@ def preset(name: str) -> DeviceParams:
         if not os.path.isfile(name):
             raise errors.DeviceError(f"device parameter file {name!r} does not exist.")
         return load_params(name)
+    from roa_jax import technologies  # technologies builds on this module
+
+    if name in technologies.PRESETS:
+        return technologies.params(technologies.PRESETS[name])
     if name not in PRESETS:
-        raise errors.DeviceError(f"device preset {name!r} is not one of {sorted(PRESETS)}.")
+        raise errors.DeviceError(
+            f"device preset {name!r} is not one of {sorted(PRESETS)} or aihwkit's "
+            f"{sorted(technologies.PRESETS)}."
+        )
     return PRESETS[name]()
 
 
 def validate(params: DeviceParams) -> DeviceParams:
     """Raises DeviceError if `params` are unphysical; returns them unchanged.
 
-    Call it on concrete (not traced) parameters, at startup.
+    Call it on concrete (not traced) parameters, at startup. A technology (aihwkit's device
+    models, `technologies.TechParams`) was checked when it was built and passes unchanged.
     """
+    if not isinstance(params, DeviceParams):
+        return params
     p = jax.tree.map(np.asarray, params)
     checks = [
         (p.t_p > 0, "t_p (pulse width, s) must be > 0"),
@@ -347,7 +358,7 @@ def _inverse_pulses(w, w_target, params: DeviceParams):
     return jnp.where(w_target >= w, up, -down)
 
 
-def _round_ste(x):
+def round_ste(x):
     """round(x) forward; identity gradient (straight-through estimator)."""
     return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
@@ -365,7 +376,7 @@ def pulse_count(g, dg, params: DeviceParams, policy: PulsePolicy):
     w_target = jnp.clip(state(g + dg, params), 0.0, 1.0)
     n_inverse = _inverse_pulses(state(g, params), w_target, params)
     n = jnp.where(policy.model_inverse > 0.5, n_inverse, n_open)
-    n = _round_ste(jnp.clip(n, -policy.max_pulses, policy.max_pulses))
+    n = round_ste(jnp.clip(n, -policy.max_pulses, policy.max_pulses))
     floor = jnp.where(dg != 0, policy.min_pulses, 0.0)
     return jnp.where(jnp.abs(n) < floor, jnp.sign(dg) * floor, n)
 
@@ -419,14 +430,10 @@ def noise_std(dg_actual, n, params: DeviceParams, sigma_w):
     g_min, g_max = conductance_range(params)
     span = g_max - g_min
     pulsed = n != 0
-    # A pulsed device that did not move (at a bound, pushed further) has no sqrt-law noise; its
-    # square root is taken at 1, not at ~0, where its derivative would blow up.
-    moved = pulsed & (dg_actual != 0)
     magnitude = jnp.where(pulsed, jnp.abs(dg_actual) + _TINY, 1.0)
     pulses = jnp.where(pulsed, jnp.abs(n), 1.0)
-    root = jnp.where(moved, jnp.sqrt(jnp.where(moved, magnitude, 1.0) * span), 0.0)
     laws = (
-        root,  # sqrt (Eq. 7 as written)
+        sqrt_law(dg_actual, n, span),  # sqrt (Eq. 7 as written)
         magnitude,  # linear
         magnitude / jnp.sqrt(pulses),  # per_pulse
         span + jnp.zeros_like(magnitude),  # range (broadcast both ways: per-device params)
@@ -434,6 +441,17 @@ def noise_std(dg_actual, n, params: DeviceParams, sigma_w):
     law = jnp.round(params.noise_law)
     std = sum(jnp.where(law == i, x, 0.0) for i, x in enumerate(laws))
     return jnp.where(pulsed, params.noise_scale * sigma_w * std, 0.0)
+
+
+def sqrt_law(dg_actual, n, span):
+    """sqrt(|dG| span), Eq. 7's factor as written; 0 where no pulse was given or nothing moved.
+
+    A pulsed device that did not move (at a bound, pushed further) has no noise; its square root
+    is taken at 1, not at ~0, where its derivative would blow up (double `where`).
+    """
+    moved = (n != 0) & (dg_actual != 0)
+    magnitude = jnp.where(moved, jnp.abs(dg_actual) + _TINY, 1.0)
+    return jnp.where(moved, jnp.sqrt(magnitude * span), 0.0)
 
 
 # Device-to-device variation (off in the paper reproduction).

@@ -325,6 +325,21 @@ def test_meta_train_and_evaluate_end_to_end(mini_run):
     assert "| ROA |" in table and "Origin (ideal weights)" in table
 
 
+def test_evaluate_on_an_aihwkit_technology(mini_run, tmp_path):
+    # --eval_device takes aihwkit's presets like any other: the ReRam preset's own noise,
+    # variation and coarse steps, in the same evaluation engine.
+    flags, workdir, _ = mini_run
+    out = tmp_path / "reram_es"
+    args = [*flags[-2:], f"--roa={workdir}", f"--out_dir={out}", *MINI_PROTOCOL]  # data flags
+    _ok(_run("evaluate.py", *args, "--eval_device=reram_es", timeout=900))
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["devices"]) == ["reram_es"]
+    assert results["devices"]["reram_es"]["write_noise_std"] == 75.0
+    for row in results["methods"]:
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert "reram_es [" in (out / "table2.md").read_text()
+
+
 def test_meta_train_sets_a_damaged_checkpoint_aside_with_one_warning(mini_run, tmp_path):
     flags, _, after_step_1 = mini_run
     workdir = tmp_path / "run"

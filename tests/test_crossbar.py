@@ -1,12 +1,14 @@
 """Crossbar mapping, MAC, hardware write and write-verify (roa_jax/crossbar.py)."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from roa_jax import crossbar, device
+from roa_jax import crossbar, device, errors, technologies
 
 PAPER = device.paper()
 IDEAL = device.ideal()
@@ -145,3 +147,84 @@ class CrossbarTest(parameterized.TestCase):
         chex.assert_trees_all_close(
             jax.vmap(write)(sigmas), jax.tree.map(lambda *x: jnp.stack(x), *map(write, sigmas))
         )
+
+
+def _technology(name, **changes):
+    """An aihwkit preset as crossbar parameters, with `changes` (e.g. its noise off)."""
+    return technologies.params(dataclasses.replace(technologies.PRESETS[name], **changes))
+
+
+_SPREADLESS = dict(dw_min_dtod=0.0, up_down_dtod=0.0, w_max_dtod=0.0, w_min_dtod=0.0)
+_QUIET = dict(dw_min_std=0.0, write_noise_std=0.0)
+
+
+class TechnologyCrossbarTest(parameterized.TestCase):
+    """aihwkit's device technologies on a crossbar: same mapping, MAC and write interface."""
+
+    @parameterized.parameters(False, True)
+    def test_mapping_round_trips_and_clips_to_each_device(self, differential):
+        w = _weights(jax.random.PRNGKey(0), (30, 20), scale=1.0)
+        nominal = _technology("ecram", **_SPREADLESS)
+        xbar = crossbar.program(w, nominal, differential)
+        chex.assert_trees_all_close(crossbar.weights(xbar, nominal), w, atol=2e-6)
+        # With device-to-device variation, each device holds what its own bounds allow.
+        varied = device.preset("reram_es")
+        g = crossbar.program(w, varied, differential).g_pos
+        h = technologies.chip(varied, w.shape)
+        self.assertTrue(bool(jnp.all((g >= h.min_bound) & (g <= h.max_bound))))
+        self.assertGreater(float(jnp.mean(g == h.max_bound) + jnp.mean(g == h.min_bound)), 0.0)
+
+    def test_chip_is_the_same_devices_at_every_call(self):
+        p = device.preset("ecram")
+        chex.assert_trees_all_equal(technologies.chip(p, (4, 5)), technologies.chip(p, (4, 5)))
+        partner = technologies.chip(p, (4, 5), member=1)
+        self.assertFalse(bool(jnp.all(partner.max_bound == technologies.chip(p, (4, 5)).max_bound)))
+
+    def test_quiet_constant_step_write_is_sgd_to_a_step(self):
+        p = _technology("gokmen_vlasov", **_SPREADLESS, **_QUIET)
+        w = _weights(jax.random.PRNGKey(1), (40, 10))
+        dw = 0.05 * jax.random.normal(jax.random.PRNGKey(2), w.shape)
+        xbar, n = crossbar.write_update(jax.random.PRNGKey(3), crossbar.program(w, p), dw, p, 0.0)
+        step = 0.0016 / 1.0  # dw_min over Ghalf (bounds +-1)
+        chex.assert_trees_all_close(n, jnp.round(dw / step))
+        np.testing.assert_allclose(crossbar.weights(xbar, p), w + n * step, atol=1e-5)
+
+    def test_write_gradient_is_straight_through(self):
+        p = device.preset("reram_es")
+        w = _weights(jax.random.PRNGKey(1), (8, 6))
+        xbar = crossbar.program(w, p)
+
+        def loss(dw):
+            new, _ = crossbar.write_update(jax.random.PRNGKey(3), xbar, dw, p, 0.5)
+            return jnp.sum(crossbar.weights(new, p))
+
+        dw = 0.01 * jnp.ones_like(w)
+        grad = jax.grad(loss)(dw)
+        # One through every device the write left inside its bounds (the bounds clip).
+        g = crossbar.write_update(jax.random.PRNGKey(3), xbar, dw, p, 0.5)[0].g_pos
+        h = technologies.chip(p, w.shape)
+        inside = (g > h.min_bound) & (g < h.max_bound)
+        self.assertGreater(float(jnp.mean(inside)), 0.8)
+        np.testing.assert_allclose(jnp.where(inside, grad, 1.0), jnp.ones_like(w), rtol=1e-5)
+
+    def test_vmap_over_technologies_equals_loop(self):
+        names = ["reram_es", "ecram", "gokmen_vlasov", "pcm", "reram_array_om"]
+        w = _weights(jax.random.PRNGKey(1), (16, 8))
+        dw = 0.05 * jax.random.normal(jax.random.PRNGKey(2), w.shape)
+
+        def adapted(p, sigma_w):
+            new, _ = crossbar.write_update(
+                jax.random.PRNGKey(3), crossbar.program(w, p), dw, p, sigma_w
+            )
+            return crossbar.weights(new, p)
+
+        presets = [device.preset(n) for n in names]
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *presets)
+        swept = jax.jit(jax.vmap(adapted, in_axes=(0, None)))(stacked, 0.5)
+        for i, p in enumerate(presets):
+            np.testing.assert_allclose(swept[i], adapted(p, 0.5), atol=1e-5, err_msg=names[i])
+
+    def test_technology_presets_by_name(self):
+        self.assertIsInstance(device.preset("reram_sb"), technologies.TechParams)
+        with self.assertRaisesRegex(errors.DeviceError, "aihwkit's"):
+            device.preset("reram")
