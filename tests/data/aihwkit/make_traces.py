@@ -1,17 +1,17 @@
 r"""Reference traces of aihwkit 1.2.0's pulsed devices, for roa_jax's technology devices (issue 34).
 
 Generated once with aihwkit itself and committed (traces.npz beside this file), so that the
-tests run without aihwkit. aihwkit 1.2.0 is a source distribution; it builds on a 2-core CPU
-machine in about 5 minutes with the cores free, in an activated virtual environment of its own
-(mypy is needed, and its venv's bin/ on PATH: the build runs `stubgen` after the link and
-fails there without it, as two tries here did after ~35 min each):
+tests run without aihwkit. aihwkit 1.2.0 is a source distribution; it built here on 2 CPU cores
+in 23 min (measured beside a running calibration job), in an activated virtual
+environment of its own (its build runs mypy's `stubgen` after the link, so mypy and the venv's
+bin/ on PATH are needed; `utils.visualization` imports matplotlib):
 
   apt-get install libopenblas-dev
   pip install torch==2.13.0 cmake pybind11 scikit-build ninja mypy numpy scipy requests \
-      tqdm protobuf
+      tqdm protobuf matplotlib
   CMAKE_BUILD_PARALLEL_LEVEL=2 USE_CUDA=OFF pip install --no-build-isolation --no-deps \
       aihwkit==1.2.0
-  python tests/data/aihwkit/make_traces.py --out=tests/data/aihwkit/traces.npz
+  python tests/data/aihwkit/make_traces.py --out=tests/data/aihwkit/traces.npz   # 5 s
 
 Pulses are applied exactly as aihwkit's own response plots do (`utils.visualization`:
 `get_tile_for_plotting`, desired_bl=1, fixed_bl, no update management, learning rate 1;
@@ -55,6 +55,7 @@ DEVICES = {
     "constant_step": families.ConstantStepDevice,
     "linear_step": families.LinearStepDevice,
     "soft_bounds": families.SoftBoundsDevice,
+    "soft_bounds_reference": families.SoftBoundsReferenceDevice,
     "exp_step": families.ExpStepDevice,
     "pow_step": families.PowStepDevice,
     "piecewise_step": lambda **kw: families.PiecewiseStepDevice(
@@ -88,7 +89,7 @@ def _hidden(tile) -> dict:
 def _steps(config) -> int:
     """aihwkit's estimate_n_steps for the device, capped at MAX_STEPS."""
     device = config.device
-    granularity = device.as_bindings(np.float32).calc_weight_granularity()
+    granularity = device.as_bindings(config.runtime.data_type).calc_weight_granularity()
     return int(min(MAX_STEPS, np.round((device.w_max - device.w_min) / granularity)))
 
 
