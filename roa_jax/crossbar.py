@@ -32,6 +32,10 @@ class Crossbar(NamedTuple):
 
     g_pos: jax.Array  # S, shape of the stored weight
     g_neg: jax.Array | None  # S, the pair partner for the differential mapping, else None
+    # aihwkit's technologies only (else None): the write noise on each device's apparent
+    # weight since its last pulse; it is read, but the next pulse moves g, not g + noise.
+    noise_pos: jax.Array | None = None
+    noise_neg: jax.Array | None = None
 
 
 class WriteVerifyStats(NamedTuple):
@@ -59,13 +63,26 @@ def _v_read(params):
     return 1.0 if _is_technology(params) else params.v_read
 
 
-def _write(key, g, dg, params, sigma_w, policy, member: int):
-    """(g_new, n) of one array's write: `device.write` or a technology's."""
+def _write(key, g, dg, params, sigma_w, policy, member: int, noise):
+    """(g_new, noise_new, n) of one array's write: `device.write` (noise None) or a
+    technology's."""
     if _is_technology(params):
         h = technologies.chip(params, jnp.shape(g), member)
         policy = device.open_loop() if policy is None else policy
-        return technologies.write(key, g, dg, h, sigma_w, policy.max_pulses, policy.min_pulses)
-    return device.write(key, g, dg, params, sigma_w, policy)
+        return technologies.write(
+            key, g, dg, h, sigma_w, policy.max_pulses, policy.min_pulses, noise
+        )
+    g_new, n = device.write(key, g, dg, params, sigma_w, policy)
+    return g_new, None, n
+
+
+def _apparent(xbar: Crossbar):
+    """(G+, G-) as read: with a technology's write noise where it has some."""
+
+    def read(g, noise):
+        return g if noise is None or g is None else g + noise
+
+    return read(xbar.g_pos, xbar.noise_pos), read(xbar.g_neg, xbar.noise_neg)
 
 
 def reference(params: device.DeviceParams):
@@ -88,18 +105,24 @@ def program(weights, params: device.DeviceParams, differential: bool = False) ->
     w = jnp.clip(weights, -1.0, 1.0)
     shape = jnp.shape(weights)
     g_pos = jnp.clip(g_mid + w * g_half, *_bounds(params, shape, 0))
+    g_neg = None
     if differential:
         # Both devices start around the midpoint, so either can move both ways on an update.
-        return Crossbar(g_pos, jnp.clip(g_mid - w * g_half, *_bounds(params, shape, 1)))
-    return Crossbar(g_pos, None)
+        g_neg = jnp.clip(g_mid - w * g_half, *_bounds(params, shape, 1))
+    if not _is_technology(params):
+        return Crossbar(g_pos, g_neg)
+    # Programmed without write noise (the paper's exact programming [text]).
+    quiet = None if g_neg is None else jnp.zeros_like(g_neg)
+    return Crossbar(g_pos, g_neg, jnp.zeros_like(g_pos), quiet)
 
 
 def weights(xbar: Crossbar, params: device.DeviceParams):
     """The weights a crossbar computes with: the inverse of `program`."""
     g_mid, g_half = reference(params)
-    if xbar.g_neg is not None:
-        return (xbar.g_pos - xbar.g_neg) / (2 * g_half)
-    return (xbar.g_pos - g_mid) / g_half
+    g_pos, g_neg = _apparent(xbar)
+    if g_neg is not None:
+        return (g_pos - g_neg) / (2 * g_half)
+    return (g_pos - g_mid) / g_half
 
 
 def _read_noise_std(xbar: Crossbar, read_noise):
@@ -129,12 +152,13 @@ def mac(x, xbar: Crossbar, params: device.DeviceParams, key=None, read_noise=0.0
     n_out = xbar.g_pos.shape[-1]
     v_read = _v_read(params)
     v = v_read * x
-    current = v @ xbar.g_pos.reshape(-1, n_out)
-    if xbar.g_neg is None:
+    g_pos, g_neg = _apparent(xbar)
+    current = v @ g_pos.reshape(-1, n_out)
+    if g_neg is None:
         current = current - g_mid * jnp.sum(v, axis=-1, keepdims=True)
         scale = v_read * g_half
     else:
-        current = current - v @ xbar.g_neg.reshape(-1, n_out)
+        current = current - v @ g_neg.reshape(-1, n_out)
         scale = v_read * 2 * g_half
     y = current / scale
     if key is not None:
@@ -155,8 +179,8 @@ def conv2d(x, xbar: Crossbar, params: device.DeviceParams, stride=1, padding="SA
     )
     # conv_general_dilated_patches orders the patch features as (c_in, kh, kw); put the
     # crossbar's rows in that order.
-    perm = lambda g: None if g is None else jnp.transpose(g, (2, 0, 1, 3))
-    return mac(patches, Crossbar(perm(xbar.g_pos), perm(xbar.g_neg)), params, **noise)
+    rows_first = jax.tree.map(lambda g: jnp.transpose(g, (2, 0, 1, 3)), xbar)
+    return mac(patches, rows_first, params, **noise)
 
 
 def write_update(key, xbar: Crossbar, dw, params, sigma_w, policy=None):
@@ -171,12 +195,18 @@ def write_update(key, xbar: Crossbar, dw, params, sigma_w, policy=None):
     """
     _, g_half = reference(params)
     if xbar.g_neg is None:
-        g, n = _write(key, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0)
-        return Crossbar(g, None), n
+        g, noise, n = _write(
+            key, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos
+        )
+        return Crossbar(g, None, noise), n
     k_pos, k_neg = jax.random.split(key)
-    g_pos, n_pos = _write(k_pos, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0)
-    g_neg, n_neg = _write(k_neg, xbar.g_neg, -dw * g_half, params, sigma_w, policy, 1)
-    return Crossbar(g_pos, g_neg), jnp.abs(n_pos) + jnp.abs(n_neg)
+    g_pos, noise_pos, n_pos = _write(
+        k_pos, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos
+    )
+    g_neg, noise_neg, n_neg = _write(
+        k_neg, xbar.g_neg, -dw * g_half, params, sigma_w, policy, 1, xbar.noise_neg
+    )
+    return Crossbar(g_pos, g_neg, noise_pos, noise_neg), jnp.abs(n_pos) + jnp.abs(n_neg)
 
 
 def write_verify(

@@ -540,18 +540,18 @@ def chip(t: TechParams, shape, member: int = 0) -> Hidden:
     return populate(key, t, tuple(shape))
 
 
-def write(key, w, dw, h: Hidden, sigma_w, max_pulses=np.inf, min_pulses=0.0):
-    """Writes a wanted change `dw` into devices at `w` (weight units); returns (w_new, n).
+def write(key, w, dw, h: Hidden, sigma_w, max_pulses=np.inf, min_pulses=0.0, noise=None):
+    """Writes a wanted change `dw` into devices at persistent weight `w` whose apparent weight
+    is `w + noise`; returns (w_new, noise_new, n), all in weight units.
 
     The open-loop pulse count of aihwkit, n = round(dw / granularity) (capped at max_pulses;
     at least min_pulses for a nonzero change), applied with the device's cycle-to-cycle noise
-    (`response`); then Eq. 7's noise at `sigma_w` (the sqrt law, on the change
-    achieved, clipped to the bounds) and the device's own write noise on the apparent weight.
-    The pulse count and response pass gradients straight through (d w_new / d dw = 1), as a
-    per-pulse loop has no useful derivative in an integer count.
-
-    Modelling choice: the apparent weight (with write noise) is what the crossbar keeps, so a
-    later write starts from it; aihwkit keeps the persistent weight apart (BUILD_NOTES.md).
+    (`response`); then Eq. 7's noise at `sigma_w` (the sqrt law, on the change achieved, a
+    change of the device itself), clipped to the bounds. A device given a pulse gets fresh
+    write noise on its apparent weight (aihwkit's write_noise_std dw_min,
+    rpu_linearstep_device.cpp:134-136); one given none keeps `noise` (None: 0). The pulse
+    count and response pass gradients straight through (d w_new / d dw = 1), as a per-pulse
+    loop has no useful derivative in an integer count.
     """
     n = device.round_ste(jnp.clip(dw / h.granularity, -max_pulses, max_pulses))
     floor = jnp.where(dw != 0, min_pulses, 0.0)
@@ -565,8 +565,8 @@ def write(key, w, dw, h: Hidden, sigma_w, max_pulses=np.inf, min_pulses=0.0):
     sigma = sigma_w * device.sqrt_law(pulsed - frozen(w), n, span)  # Eq. 7
     w_new = w_new + sigma * jax.random.normal(k_eq7, jnp.shape(w_new))
     w_new = jnp.clip(w_new + h.reference, h.min_bound, h.max_bound) - h.reference
-    touched = (n != 0).astype(w_new.dtype)
-    return w_new + touched * h.write_noise * jax.random.normal(k_write, jnp.shape(w_new)), n
+    fresh = h.write_noise * jax.random.normal(k_write, jnp.shape(w_new))
+    return w_new, jnp.where(n != 0, fresh, 0.0 if noise is None else noise), n
 
 
 # aihwkit 1.2.0's presets (src/aihwkit/simulator/presets/devices.py: the class's line, then each

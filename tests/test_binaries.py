@@ -147,6 +147,26 @@ def test_constraint_refuses_bad_flags(tmp_path, flags, names):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+# technology_map.py
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--technologies=calibrated"], ["--technologies=calibrated", "not an aihwkit"]),
+        (["--devices=reram_es"], ["--devices=reram_es", "paper's model"]),
+        (["--technologies=reram"], ["device preset 'reram'"]),
+        (["--runs=/nonexistent"], ["--runs (roa/)=/nonexistent/roa"]),
+        (["--sigma_w=-1"], ["sigma_w"]),
+    ],
+)
+def test_technology_map_refuses_bad_flags(tmp_path, flags, names):
+    out = [f"--out_dir={tmp_path / 'out'}"]
+    runs = [] if any(f.startswith("--runs") for f in flags) else [f"--runs={tmp_path / 'r'}"]
+    _assert_refused(_run("technology_map.py", *out, *runs, *flags), *names)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 # reproduce.py
 
 

@@ -228,3 +228,29 @@ class TechnologyCrossbarTest(parameterized.TestCase):
         self.assertIsInstance(device.preset("reram_sb"), technologies.TechParams)
         with self.assertRaisesRegex(errors.DeviceError, "aihwkit's"):
             device.preset("reram")
+
+    def test_write_noise_sits_on_the_apparent_weight_and_does_not_accumulate(self):
+        # A linear device with write noise: +dw then -dw returns the persistent weight exactly,
+        # and what is read carries one write's noise, not two (aihwkit's persistent weight).
+        p = _technology(
+            "aihwkit_linear_step",
+            **{**_SPREADLESS, **_QUIET, "write_noise_std": 5.0},
+            gamma_up=0.0,
+            gamma_down=0.0,
+            gamma_up_dtod=0.0,
+            gamma_down_dtod=0.0,
+        )
+        w = _weights(jax.random.PRNGKey(1), (200, 100))
+        xbar = crossbar.program(w, p)
+        dw = jnp.full(w.shape, 0.01)
+        once, _ = crossbar.write_update(jax.random.PRNGKey(2), xbar, dw, p, 0.0)
+        twice, _ = crossbar.write_update(jax.random.PRNGKey(3), once, -dw, p, 0.0)
+        np.testing.assert_allclose(twice.g_pos, xbar.g_pos, atol=1e-6)
+        _, g_half = crossbar.reference(p)
+        expected = 5.0 * 0.001 / float(g_half)  # write_noise_std dw_min, in weight units
+        read = crossbar.weights(twice, p) - w
+        np.testing.assert_allclose(float(jnp.std(read)), expected, rtol=0.03)
+        # A device given no pulse keeps its noise: a zero update changes nothing read.
+        same, n = crossbar.write_update(jax.random.PRNGKey(4), twice, jnp.zeros_like(w), p, 0.0)
+        self.assertEqual(float(jnp.sum(jnp.abs(n))), 0.0)
+        chex.assert_trees_all_close(crossbar.weights(same, p), crossbar.weights(twice, p))
