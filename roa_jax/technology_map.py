@@ -121,7 +121,8 @@ def to_markdown(table: list[dict], command: str, chance: float) -> str:
 
 def figure(table: list[dict], path, chance: float) -> None:
     """Left: ROA and 5-step at each device's own noise (sigma_w = 0), devices sorted by ROA.
-    Right: ROA's accuracy against the device's levels, one curve point per sigma_w."""
+    Right: ROA's accuracy against the device's levels, a point per sigma_w, a device's points
+    joined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,6 +158,9 @@ def figure(table: list[dict], path, chance: float) -> None:
     left.set_xlabel("test accuracy (%) at the device's own noise")
     left.legend(loc="lower right", fontsize=8)
     sigmas = sorted({r["sigma_w"] for r in table})
+    for r in own:  # each device's accuracies over sigma_w, joined
+        pts = [x["roa"] for x in table if x["device"] == r["device"]]
+        right.plot([r["levels"]] * len(pts), pts, color="lightgray", zorder=0)
     for sigma in sigmas:
         pts = [r for r in table if r["sigma_w"] == sigma]
         right.scatter(
