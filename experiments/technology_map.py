@@ -22,6 +22,7 @@ from absl import flags, logging
 
 from roa_jax import (
     comparison,
+    crossbar,
     data,
     device,
     distributed,
@@ -54,7 +55,7 @@ def _devices(names, allowed, flag) -> dict:
     """{name: validated parameters}; an error naming --`flag` for a name of the other kind."""
     out = {}
     for name in names:
-        params = device.validate(device.preset(name))
+        params = device.validate(crossbar.preset(name))
         if isinstance(params, technologies.TechParams) != allowed:
             kind = "an aihwkit technology" if allowed else "a device of the paper's model"
             raise errors.ConfigError(f"--{flag}={name}: not {kind}; move it to the other flag.")

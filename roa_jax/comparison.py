@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from roa_jax import config as config_lib
-from roa_jax import device, distributed, errors, evaluation, models, rundir, train
+from roa_jax import crossbar, device, distributed, errors, evaluation, models, rundir, train
 from roa_jax import results as results_lib
 from roa_jax.results import Results
 
@@ -169,7 +169,7 @@ def _evaluate(models_, splits, norm, proto, out_dir, title, seed, devices, saved
     check_same_tasks(models_)
     parts_dir = pathlib.Path(out_dir, "parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    devices = devices or {proto.device: device.preset(proto.device)}
+    devices = devices or {proto.device: crossbar.preset(proto.device)}
     # The offline part uses no meta-trained network, only the task's shape; it takes ROA's config
     # where there is one, so its fingerprint does not depend on the order of the models.
     task_cfg = models_.get(results_lib.ROA_MODEL, next(iter(models_.values())))[0]

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from roa_jax import batching, device, errors, models, tasks
+from roa_jax import batching, crossbar, device, errors, models, tasks
 
 DATASETS = ("omniglot", "synthetic", "miniimagenet")
 
@@ -165,7 +165,7 @@ def _check_choices(cfg: Config) -> None:
     )
     _named("config.train_sigma_w", device.validate_sigma_w, cfg.train_sigma_w)
     _named("config.pulse_policy", device.pulse_policy, cfg.pulse_policy)
-    _named("config.device", lambda d: device.validate(device.preset(d)), cfg.device)
+    _named("config.device", lambda d: device.validate(crossbar.preset(d)), cfg.device)
     _check(
         not cfg.init_from or pathlib.Path(cfg.init_from).exists(),
         f"config.init_from={cfg.init_from!r}: no such checkpoint folder (a run's best/ folder).",
@@ -308,5 +308,5 @@ def check_protocol(proto: Protocol) -> Protocol:
     for name in ("seeds", "test_tasks", "val_tasks", "chunk"):
         _check(getattr(proto, name) >= 1, f"{name}={getattr(proto, name)} must be >= 1.")
     _check(proto.offline_steps >= 0, f"offline_steps={proto.offline_steps} must be >= 0.")
-    _named("eval_device", lambda d: device.validate(device.preset(d)), proto.device)
+    _named("eval_device", lambda d: device.validate(crossbar.preset(d)), proto.device)
     return proto

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from roa_jax import device, technologies
+from roa_jax import device, errors, technologies
 
 
 class Crossbar(NamedTuple):
@@ -44,6 +44,19 @@ class WriteVerifyStats(NamedTuple):
     pulses: jax.Array  # shape=(), total |pulse count| over all devices and iterations
     iterations: jax.Array  # shape=(), int32, write-read rounds used
     max_error: jax.Array  # shape=(), largest |W - target| left, weight units
+
+
+def preset(name: str):
+    """A crossbar's devices by name: one of aihwkit's technologies (`technologies.PRESETS`),
+    else the paper's model (`device.preset`: its presets and `.json` parameter files)."""
+    if name in technologies.PRESETS:
+        return technologies.params(technologies.PRESETS[name])
+    if name.endswith(".json") or name in device.PRESETS:
+        return device.preset(name)
+    raise errors.DeviceError(
+        f"device preset {name!r} is not one of {sorted(device.PRESETS)} or aihwkit's "
+        f"{sorted(technologies.PRESETS)}."
+    )
 
 
 def _is_technology(params) -> bool:

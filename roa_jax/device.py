@@ -176,8 +176,8 @@ PRESETS = {
 
 
 def preset(name: str) -> DeviceParams:
-    """A device preset by name (one of `PRESETS`, or of aihwkit's technologies,
-    `technologies.PRESETS`), or the parameters saved in a `.json` file.
+    """A device preset of the paper's model by name (one of `PRESETS`), or the parameters saved
+    in a `.json` file; `crossbar.preset` also knows aihwkit's technologies.
 
     A name ending in `.json` is read with `load_params` (e.g. a fitted device).
     """
@@ -185,15 +185,8 @@ def preset(name: str) -> DeviceParams:
         if not os.path.isfile(name):
             raise errors.DeviceError(f"device parameter file {name!r} does not exist.")
         return load_params(name)
-    from roa_jax import technologies  # technologies builds on this module
-
-    if name in technologies.PRESETS:
-        return technologies.params(technologies.PRESETS[name])
     if name not in PRESETS:
-        raise errors.DeviceError(
-            f"device preset {name!r} is not one of {sorted(PRESETS)} or aihwkit's "
-            f"{sorted(technologies.PRESETS)}."
-        )
+        raise errors.DeviceError(f"device preset {name!r} is not one of {sorted(PRESETS)}.")
     return PRESETS[name]()
 
 

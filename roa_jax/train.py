@@ -24,6 +24,7 @@ from absl import logging
 
 from roa_jax import (
     batching,
+    crossbar,
     data,
     device,
     distributed,
@@ -86,7 +87,7 @@ def training_hardware(cfg: Config) -> writers.Hardware | None:
     configured device, noise and pulse policy (hardware-aware meta-training)."""
     if not cfg.hardware_inner:
         return None
-    return writers.hardware(device.preset(cfg.device), cfg.train_sigma_w, cfg.pulse_policy)
+    return writers.hardware(crossbar.preset(cfg.device), cfg.train_sigma_w, cfg.pulse_policy)
 
 
 def init_meta(cfg: Config, image_shape) -> maml.MetaParams:
@@ -156,7 +157,7 @@ def validate(key, meta, images, norm, cfg: Config):
     the best for the meta-loss's own mix). Tasks from `key` through the evaluation engine.
     """
     hw = training_hardware(cfg)
-    params = device.preset(cfg.device)
+    params = crossbar.preset(cfg.device)
     grid = evaluation.make_grid([0.0 if hw is None else cfg.train_sigma_w], [1.0], [0])
 
     def score(kind):

@@ -168,14 +168,14 @@ class TechnologyCrossbarTest(parameterized.TestCase):
         xbar = crossbar.program(w, nominal, differential)
         chex.assert_trees_all_close(crossbar.weights(xbar, nominal), w, atol=2e-6)
         # With device-to-device variation, each device holds what its own bounds allow.
-        varied = device.preset("reram_es")
+        varied = crossbar.preset("reram_es")
         g = crossbar.program(w, varied, differential).g_pos
         h = technologies.chip(varied, w.shape)
         self.assertTrue(bool(jnp.all((g >= h.min_bound) & (g <= h.max_bound))))
         self.assertGreater(float(jnp.mean(g == h.max_bound) + jnp.mean(g == h.min_bound)), 0.0)
 
     def test_chip_is_the_same_devices_at_every_call(self):
-        p = device.preset("ecram")
+        p = crossbar.preset("ecram")
         chex.assert_trees_all_equal(technologies.chip(p, (4, 5)), technologies.chip(p, (4, 5)))
         partner = technologies.chip(p, (4, 5), member=1)
         self.assertFalse(bool(jnp.all(partner.max_bound == technologies.chip(p, (4, 5)).max_bound)))
@@ -190,7 +190,7 @@ class TechnologyCrossbarTest(parameterized.TestCase):
         np.testing.assert_allclose(crossbar.weights(xbar, p), w + n * step, atol=1e-5)
 
     def test_write_gradient_is_straight_through(self):
-        p = device.preset("reram_es")
+        p = crossbar.preset("reram_es")
         w = _weights(jax.random.PRNGKey(1), (8, 6))
         xbar = crossbar.program(w, p)
 
@@ -218,16 +218,16 @@ class TechnologyCrossbarTest(parameterized.TestCase):
             )
             return crossbar.weights(new, p)
 
-        presets = [device.preset(n) for n in names]
+        presets = [crossbar.preset(n) for n in names]
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *presets)
         swept = jax.jit(jax.vmap(adapted, in_axes=(0, None)))(stacked, 0.5)
         for i, p in enumerate(presets):
             np.testing.assert_allclose(swept[i], adapted(p, 0.5), atol=1e-5, err_msg=names[i])
 
     def test_technology_presets_by_name(self):
-        self.assertIsInstance(device.preset("reram_sb"), technologies.TechParams)
+        self.assertIsInstance(crossbar.preset("reram_sb"), technologies.TechParams)
         with self.assertRaisesRegex(errors.DeviceError, "aihwkit's"):
-            device.preset("reram")
+            crossbar.preset("reram")
 
     def test_write_noise_sits_on_the_apparent_weight_and_does_not_accumulate(self):
         # A linear device with write noise: +dw then -dw returns the persistent weight exactly,

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from roa_jax import comparison, config, device, technology_map, train
+from roa_jax import comparison, config, crossbar, technology_map, train
 from roa_jax import results as results_lib
 from roa_jax.data import synthetic
 
@@ -28,7 +28,7 @@ PROTO = config.Protocol(
     ],
 )
 def test_descriptions_match_the_closed_forms(name, levels, asymmetry, nonlinearity):
-    d = technology_map.describe(device.preset(name))
+    d = technology_map.describe(crossbar.preset(name))
     np.testing.assert_allclose(
         [d["levels"], d["asymmetry"], d["nonlinearity"]],
         [levels, asymmetry, nonlinearity],
@@ -38,7 +38,7 @@ def test_descriptions_match_the_closed_forms(name, levels, asymmetry, nonlineari
 
 
 def test_own_noise_is_described_in_steps():
-    d = technology_map.describe(device.preset("reram_sb"))
+    d = technology_map.describe(crossbar.preset("reram_sb"))
     assert d["c2c"] == pytest.approx(3.75)
     # 56 dw_min of write noise against a mid-range up step of dw_min (1 - w_mid / 1.25).
     assert d["write_noise"] == pytest.approx(56 / (1 - 0.25 / 1.25), rel=1e-3)
@@ -53,7 +53,7 @@ def test_map_from_a_tiny_evaluation(tmp_path):
         )
         models[name] = (cfg, train.init_meta(cfg, (16, 16, 1)))
     splits, norm = synthetic.load_synthetic(seed=0, image_size=16), (0.0, 1.0)
-    devices = {n: device.preset(n) for n in ("reram_es", "ecram")}
+    devices = {n: crossbar.preset(n) for n in ("reram_es", "ecram")}
     results = comparison.evaluate(
         models, splits, norm, PROTO, tmp_path / "parts", "tiny", devices=devices
     )
