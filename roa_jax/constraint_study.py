@@ -89,12 +89,12 @@ def score(results: Results, k: float, lam: float) -> dict:
 def init_shares(params: dict, constraint_k: float, seed: int = 0) -> dict:
     """{initializer: roa.weight_shares} of fresh kernels of `params`' shapes, per initializer."""
     out = {}
+    crossbar = sorted(models.split(params)[models.CROSSBAR].items())
     for i, (label, init) in enumerate(INITIALIZERS.items()):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-        crossbar = models.split(params)[models.CROSSBAR]
         fresh = {
             path: init(jax.random.fold_in(key, j), w.shape)
-            for j, (path, w) in enumerate(sorted(crossbar.items()))
+            for j, (path, w) in enumerate(crossbar)
         }
         out[label] = roa.weight_shares(models.merge(fresh), constraint_k)
     return out
