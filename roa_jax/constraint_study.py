@@ -93,8 +93,7 @@ def init_shares(params: dict, constraint_k: float, seed: int = 0) -> dict:
     for i, (label, init) in enumerate(INITIALIZERS.items()):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
         fresh = {
-            path: init(jax.random.fold_in(key, j), w.shape)
-            for j, (path, w) in enumerate(crossbar)
+            path: init(jax.random.fold_in(key, j), w.shape) for j, (path, w) in enumerate(crossbar)
         }
         out[label] = roa.weight_shares(models.merge(fresh), constraint_k)
     return out

@@ -82,9 +82,7 @@ def _write(key, g, dg, params, sigma_w, policy, member: int, noise):
     if _is_technology(params):
         h = technologies.chip(params, jnp.shape(g), member)
         policy = device.open_loop() if policy is None else policy
-        return technologies.write(
-            key, g, dg, h, sigma_w, policy.max_pulses, policy.min_pulses, noise
-        )
+        return technologies.write(key, g, dg, h, sigma_w, policy, noise)
     g_new, n = device.write(key, g, dg, params, sigma_w, policy)
     return g_new, None, n
 

@@ -351,7 +351,7 @@ def _inverse_pulses(w, w_target, params: DeviceParams):
     return jnp.where(w_target >= w, up, -down)
 
 
-def round_ste(x):
+def _round_ste(x):
     """round(x) forward; identity gradient (straight-through estimator)."""
     return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
@@ -368,8 +368,13 @@ def pulse_count(g, dg, params: DeviceParams, policy: PulsePolicy):
     n_open = jnp.where(dg >= 0, dg / step_up, dg / step_down)
     w_target = jnp.clip(state(g + dg, params), 0.0, 1.0)
     n_inverse = _inverse_pulses(state(g, params), w_target, params)
-    n = jnp.where(policy.model_inverse > 0.5, n_inverse, n_open)
-    n = round_ste(jnp.clip(n, -policy.max_pulses, policy.max_pulses))
+    return rounded_count(jnp.where(policy.model_inverse > 0.5, n_inverse, n_open), dg, policy)
+
+
+def rounded_count(n, dg, policy: PulsePolicy):
+    """A real pulse count `n` for a wanted change `dg`, as the write applies it: capped at the
+    policy's max_pulses, rounded (straight-through), at least min_pulses where dg != 0."""
+    n = _round_ste(jnp.clip(n, -policy.max_pulses, policy.max_pulses))
     floor = jnp.where(dg != 0, policy.min_pulses, 0.0)
     return jnp.where(jnp.abs(n) < floor, jnp.sign(dg) * floor, n)
 

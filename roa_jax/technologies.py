@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from roa_jax import device, errors
 
@@ -540,22 +539,21 @@ def chip(t: TechParams, shape, member: int = 0) -> Hidden:
     return populate(key, t, tuple(shape))
 
 
-def write(key, w, dw, h: Hidden, sigma_w, max_pulses=np.inf, min_pulses=0.0, noise=None):
+def write(key, w, dw, h: Hidden, sigma_w, policy: device.PulsePolicy, noise=None):
     """Writes a wanted change `dw` into devices at persistent weight `w` whose apparent weight
     is `w + noise`; returns (w_new, noise_new, n), all in weight units.
 
-    The open-loop pulse count of aihwkit, n = round(dw / granularity) (capped at max_pulses;
-    at least min_pulses for a nonzero change), applied with the device's cycle-to-cycle noise
-    (`response`); then Eq. 7's noise at `sigma_w` (the sqrt law, on the change achieved, a
-    change of the device itself), clipped to the bounds. A device given a pulse gets fresh
-    write noise on its apparent weight (aihwkit's write_noise_std dw_min,
-    rpu_linearstep_device.cpp:134-136); one given none keeps `noise` (None: 0). The pulse
-    count and response pass gradients straight through (d w_new / d dw = 1), as a per-pulse
+    The open-loop pulse count of aihwkit, n = round(dw / granularity) (capped and floored by
+    `policy`'s max_pulses and min_pulses; its model_inverse is not offered here), applied
+    with the device's cycle-to-cycle noise (`response`); then Eq. 7's noise at `sigma_w`
+    (the sqrt law, on the change achieved, a change of the device itself), clipped to the
+    bounds. A device given a pulse gets fresh write noise on its apparent weight (aihwkit's
+    write_noise_std dw_min, rpu_linearstep_device.cpp:134-136); one given none keeps `noise`
+    (None: 0). The pulse count and response pass gradients straight through (d w_new / d dw
+    = 1), as a per-pulse
     loop has no useful derivative in an integer count.
     """
-    n = device.round_ste(jnp.clip(dw / h.granularity, -max_pulses, max_pulses))
-    floor = jnp.where(dw != 0, min_pulses, 0.0)
-    n = jnp.where(jnp.abs(n) < floor, jnp.sign(dw) * floor, n)
+    n = device.rounded_count(dw / h.granularity, dw, policy)  # open loop, aihwkit's step
     k_pulses, k_eq7, k_write = jax.random.split(key, 3)
     frozen = jax.lax.stop_gradient
     pulsed = response(k_pulses, frozen(w), frozen(n), frozen(h))

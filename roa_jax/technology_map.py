@@ -21,7 +21,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from roa_jax import claims, crossbar, device, technologies
+from roa_jax import claims, comparison, crossbar, device, technologies
 from roa_jax import results as results_lib
 
 
@@ -60,8 +60,6 @@ def describe(params) -> dict:
 def rows(results: results_lib.Results, index: int, label: str, params) -> list[dict]:
     """One row per sigma_w for device `index` of a multi-device evaluation: its description and
     ROA's, 5-step's, offline's and origin's accuracy (%), with ROA - 5-step paired per task."""
-    from roa_jax import comparison  # comparison builds on the evaluation engine
-
     one = comparison.select(results, index) if len(results.devices) > 1 else results
     desc = describe(params)
     by = {m: {r["sigma_w"]: r for r in one.rows(m)} for m in results_lib.METHOD_NAMES}
