@@ -461,13 +461,51 @@ def apply_pulses(key, w, n, h: Hidden, max_pulses: int | None = None):
         n = jnp.clip(n, -max_pulses, max_pulses)
     count, up = jnp.abs(n), n > 0
 
+    if max_pulses is None:
+        flat = _gather(h, w.shape, slice(None))
+        return _pulses_from(key, w.ravel(), count.ravel(), up.ravel(), flat, 0).reshape(w.shape)
+
     def body(i, w):
         k = None if key is None else jax.random.fold_in(key, i)
         return jnp.where(i < count, pulse(k, w, up, h), w)
 
-    if max_pulses is None:
-        return jax.lax.fori_loop(0, jnp.max(count).astype(jnp.int32), body, w)
     return jax.lax.scan(lambda w, i: (body(i, w), None), w, jnp.arange(max_pulses))[0]
+
+
+# A write's counts are heavy-tailed (most devices take a few pulses, a few take hundreds), so
+# the loop runs on fewer devices as it goes: all of them up to the count that only the largest
+# 1/_SHRINK exceed, then those only, and so on down to _SMALLEST devices.
+_SHRINK, _SMALLEST = 4, 256
+
+
+def _gather(h: Hidden, shape, index) -> Hidden:
+    """The per-device fields of `h` (those of `shape`), flattened and indexed by `index`."""
+    return Hidden(*(x.reshape(-1)[index] if jnp.shape(x) == shape else x for x in h))
+
+
+def _pulses_from(key, w, count, up, h: Hidden, start):
+    """Pulses start, ..., count - 1 on the flat devices `w`; pulse i draws its noise from
+    fold_in(key, i), whichever devices take it, so each pulse's noise is fresh."""
+
+    def body(i, w):
+        k = None if key is None else jax.random.fold_in(key, i)
+        return jnp.where(i < count, pulse(k, w, up, h), w)
+
+    size = w.shape[0] // _SHRINK
+    if size < _SMALLEST:
+        return jax.lax.fori_loop(start, jnp.max(count).astype(jnp.int32), body, w)
+    largest, index = jax.lax.top_k(count, size)
+    bound = largest[-1].astype(jnp.int32)  # no device outside `index` takes more pulses
+    w = jax.lax.fori_loop(start, bound, body, w)
+    sub = _pulses_from(
+        key,
+        w[index],
+        count[index],
+        up[index],
+        _gather(h, w.shape, index),
+        jnp.maximum(start, bound),
+    )
+    return w.at[index].set(sub)
 
 
 # Families with a closed form: a constant step, and the linear ones, whose step slope x + scale

@@ -218,6 +218,30 @@ class TechnologiesTest(parameterized.TestCase):
         ]
         np.testing.assert_allclose(spread[0], spread[1], rtol=0.08)
 
+    @parameterized.parameters("reram_es", "pcm")
+    def test_the_shrinking_loop_equals_pulsing_every_device(self, name):
+        # Heavy-tailed counts, as a write's are: the loop goes on with the largest 1/4, 1/16,
+        # 1/64; a scan that pulses all 16384 devices every time is the reference.
+        h = _devices(name, 16384)
+        w0 = _mid(h) - h.reference
+        counts = jnp.round(jnp.exp(4 * jax.random.uniform(jax.random.PRNGKey(1), (16384,))))
+        n = counts * jnp.where(jnp.arange(16384) % 2 == 0, 1.0, -1.0)
+        clean = tech.noise_free(h)
+        every = tech.apply_pulses(None, w0, n, clean, max_pulses=60)
+        np.testing.assert_allclose(tech.apply_pulses(None, w0, n, clean), every, atol=1e-6)
+        # With noise, the spread where the later stages pulse (counts over 40, the top 8 %).
+        key = jax.random.PRNGKey(4)
+        tail = np.asarray(counts) > 40
+        spread = [
+            float(np.std(np.asarray(f(key) - every)[tail]))
+            for f in (
+                lambda k: tech.apply_pulses(k, w0, n, h),
+                lambda k: tech.apply_pulses(k, w0, n, h, max_pulses=60),
+            )
+        ]
+        self.assertGreater(tail.sum(), 1000)
+        np.testing.assert_allclose(spread[0], spread[1], rtol=0.1)
+
     def test_response_loops_only_where_there_is_no_closed_form(self):
         h = _devices("reram_es", 16)
         n = jnp.arange(-8.0, 8.0)
