@@ -8,10 +8,11 @@ Takes the meta-trained networks of a reproduce.py run folder (roa, roa_wc and, i
 five_step; pre-training is software, so no re-training), evaluates every reconstruction
 (noise law x scale x granularity, roa_jax/calibration.py) on validation tasks, scores each
 with the claims module and writes calibration.csv, calibration.md (claims by reconstruction),
-calibration.json, calibration.png and adopted.md (the adopted `calibrated` preset against the
-best here, claim by claim, beside its verdicts in --earlier). Reruns reuse the evaluated
-parts; --rescore scores the saved parts again without evaluating (after a change of the claims
-module, whose verdicts are all computed from the saved accuracies).
+calibration.json, calibration.png and adopted.md (--earlier's choice against this one's, claim
+by claim, each judged there and here, and where the adopted `calibrated` preset ranks) and
+summary.md (adopted.md and the best rows), which --readme puts into the README. Reruns reuse
+the evaluated parts; --rescore scores the saved parts again without evaluating (after a change
+of the claims module, whose verdicts are all computed from the saved accuracies).
 """
 
 import json
@@ -42,9 +43,14 @@ flags.DEFINE_integer("top", 6, "Reconstructions of stage 1 that stage 2 evaluate
 flags.DEFINE_string(
     "earlier",
     None,
-    "calibration.json of the calibration that chose the adopted preset (e.g. "
-    "results/calibration/refine/calibration.json): its verdicts go beside this run's in "
-    "adopted.md.",
+    "calibration.json of an earlier calibration (e.g. results/calibration/refine/"
+    "calibration.json): its choice and verdicts go beside this run's in adopted.md.",
+)
+flags.DEFINE_string(
+    "readme",
+    None,
+    "README whose `<!-- calibration <out_dir's name> -->` section gets summary.md "
+    "(adopted.md and the best rows of calibration.md).",
 )
 flags.DEFINE_bool(
     "rescore",
@@ -96,6 +102,12 @@ def main(argv):
             earlier = json.loads(pathlib.Path(FLAGS.earlier).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise errors.RunFolderError(f"--earlier={FLAGS.earlier}: not readable ({e}).") from None
+    section = f"calibration {pathlib.Path(FLAGS.out_dir).name}"  # the one --readme fills
+    if FLAGS.readme:
+        text = pathlib.Path(FLAGS.readme).read_text()
+        if any(m not in text for m in common.readme_markers(section)):
+            begin, end = common.readme_markers(section)
+            raise errors.ConfigError(f"--readme={FLAGS.readme} has no {begin} ... {end} markers.")
     splits, norm = data.load_splits(cfg, FLAGS.data_dir, FLAGS.cache_dir)
     rundir.hold(FLAGS.out_dir)  # one calibrate.py per output folder, for the process's life
     logging.info("Calibrating %d reconstructions with %s.", len(recons), sorted(trained))
@@ -115,6 +127,10 @@ def main(argv):
     command = "python experiments/calibrate.py " + shlex.join(sys.argv[1:])
     paths = calibration.write(records, FLAGS.out_dir, command, earlier)
     logging.info("Wrote %s", [str(p) for p in paths])
+    if FLAGS.readme:
+        readme = pathlib.Path(FLAGS.readme)
+        body = (pathlib.Path(FLAGS.out_dir) / "summary.md").read_text()
+        readme.write_text(common.replace_readme_section(readme.read_text(), section, body))
     print((pathlib.Path(FLAGS.out_dir) / "calibration.md").read_text())
 
 

@@ -126,6 +126,18 @@ def check_run_folder(flag: str, path: str) -> str:
     return path
 
 
+def readme_markers(name: str) -> tuple[str, str]:
+    """The markers around a README section that a binary generates."""
+    return f"<!-- {name} -->", f"<!-- /{name} -->"
+
+
+def replace_readme_section(text: str, name: str, body: str) -> str:
+    """`text` with the section between `name`'s markers (both present) replaced by `body`."""
+    begin, end = readme_markers(name)
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}"
+
+
 def _fail(message) -> None:
     """Exits with `message` as the one line `<binary>: error: <message>` on stderr."""
     print(f"{pathlib.Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)

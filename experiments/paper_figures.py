@@ -49,16 +49,6 @@ def _scales_section(task: str) -> str:
     return f"scales {task}"
 
 
-def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- {name} -->", f"<!-- /{name} -->"
-
-
-def _replace_section(text: str, name: str, body: str) -> str:
-    begin, end = _markers(name)
-    head, rest = text.split(begin, 1)
-    return f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}"
-
-
 def _other_scales(root: pathlib.Path, by_task: dict) -> dict:
     """{task: {scale: results}} of the tasks that also have results at a --compare_scales."""
     out = {}
@@ -81,13 +71,13 @@ def main(argv):
     if FLAGS.readme:
         text = pathlib.Path(FLAGS.readme).read_text()
         for name in _SECTIONS:
-            begin, end = _markers(name)
+            begin, end = common.readme_markers(name)
             if begin not in text or end not in text:
                 raise errors.ConfigError(
                     f"--readme={FLAGS.readme} has no {begin} ... {end} markers."
                 )
         for name in [f(t) for t in tasks.PAPER_TASKS for f in (_table2_section, _scales_section)]:
-            begin, end = _markers(name)
+            begin, end = common.readme_markers(name)
             if (begin in text) != (end in text):
                 raise errors.ConfigError(
                     f"--readme={FLAGS.readme} has one of {begin} ... {end}, not both."
@@ -131,13 +121,13 @@ def main(argv):
         text = readme.read_text()
         sections = dict(zip(_SECTIONS, (summary, sanity), strict=True))
         for task in by_task:
-            if _markers(_table2_section(task))[0] in text:
+            if common.readme_markers(_table2_section(task))[0] in text:
                 sections[_table2_section(task)] = figures.table2(by_task[task])
         for task in by_scale:
-            if _markers(_scales_section(task))[0] in text:
+            if common.readme_markers(_scales_section(task))[0] in text:
                 sections[_scales_section(task)] = (out / f"scales_{task}.md").read_text()
         for name, body in sections.items():
-            text = _replace_section(text, name, body)
+            text = common.replace_readme_section(text, name, body)
         readme.write_text(text)
     logging.info(
         "Wrote figures 3-5, table2.md, claims.md, maml_sanity.md for %s (scales_<task> for %s) "

@@ -207,8 +207,9 @@ def write(
     records: list[dict], out_dir, command: str = "", earlier: list[dict] | None = None
 ) -> list[pathlib.Path]:
     """calibration.csv, calibration.md (claims by reconstruction), calibration.json,
-    calibration.png (heatmap of the claims, accuracy vs noise of the best few) and adopted.md
-    (`against_adopted`, with the `earlier` calibration's records) in `out_dir`."""
+    calibration.png (heatmap of the claims, accuracy vs noise of the best few), adopted.md
+    (`choices`, with the `earlier` calibration's records) and summary.md (`readme_section`) in
+    `out_dir`."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "calibration.csv", "w", newline="") as f:
@@ -246,9 +247,10 @@ def write(
     ]
     (out / "calibration.json").write_text(json.dumps(summary, indent=1))
     _figure(records, out / "calibration.png")
-    (out / "adopted.md").write_text(against_adopted(records, earlier))
+    (out / "adopted.md").write_text(choices(records, earlier))
+    (out / "summary.md").write_text(readme_section(records, earlier, command))
     names = ("calibration.csv", "calibration.md", "calibration.json", "calibration.png")
-    return [out / n for n in (*names, "adopted.md")]
+    return [out / n for n in (*names, "adopted.md", "summary.md")]
 
 
 _MARK = {"holds": "✓", "fails": "✗", "not measured": "–"}
@@ -259,47 +261,61 @@ def adopted() -> Reconstruction:
     return Reconstruction(**device.CALIBRATED)
 
 
-def against_adopted(records: list[dict], earlier: list[dict] | None = None) -> str:
-    """Markdown: per claim, the adopted preset's verdict against this calibration's best one's.
+def choices(records: list[dict], earlier: list[dict] | None = None) -> str:
+    """Markdown: per claim, the earlier calibration's choice against this one's, each judged
+    where it was chosen and here, and where the adopted preset (device.CALIBRATED) ranks.
 
     Args:
       records: this calibration's records, best first (`calibrate`).
-      earlier: the records (calibration.json) of the calibration that chose the adopted preset,
-        for its verdicts there; None: left out.
+      earlier: the records (calibration.json, best first) of an earlier calibration, e.g. the
+        one on less-trained networks; None: this calibration's best and the adopted preset.
     """
-    mine = adopted()
-    ours = next((r for r in records if r["reconstruction"] == mine), None)
-    best = records[0]
-    if ours is None:
-        return f"The adopted preset ({mine.label}) is not in this grid.\n"
-    then = next(
-        (
-            e
-            for e in earlier or []
-            if Reconstruction(e["law"], e["scale"], e["granularity"]) == mine
-        ),
-        None,
+    best = records[0]["reconstruction"]
+    before = (
+        Reconstruction(*(earlier[0][k] for k in ("law", "scale", "granularity")))
+        if earlier
+        else adopted()
     )
-    head = ["claim", "source"]
-    if then:
-        head.append(f"adopted ({mine.label}), where it was chosen (rules then)")
-    head += [f"adopted ({mine.label}), here", f"best here ({best['reconstruction'].label})"]
+    here = {r["reconstruction"]: r for r in records}
+    there = {
+        Reconstruction(e["law"], e["scale"], e["granularity"]): e["verdicts"] for e in earlier or []
+    }
+
+    def rank(recon):
+        if recon not in here:
+            return "not in this grid"
+        r = here[recon]
+        return f"#{records.index(r) + 1} of {len(records)}, {r['holds']}/{r['measured']}"
+
+    mine = adopted()
     lines = [
-        f"The adopted preset against this calibration's best, claim by claim (✓ holds, ✗ fails, "
-        f"– not measured; stated claims score, the inferred one is shown). Best here: "
-        f"#1 of {len(records)}, {best['holds']}/{best['measured']} stated claims; the adopted "
-        f"one: #{records.index(ours) + 1}, {ours['holds']}/{ours['measured']}.",
+        f"The {'earlier calibration' if earlier else 'adopted preset'}'s choice "
+        f"({before.label}) against this calibration's ({best.label}), claim by claim (✓ holds, "
+        "✗ fails, – not measured or not in that grid; stated claims score, inferred ones are "
+        f"shown). Here: {best.label} {rank(best)} stated claims; {before.label} "
+        f"{rank(before)}. The adopted preset (`calibrated`) is {mine.label}: {rank(mine)}.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|---" * len(head) + "|",
     ]
-    for mine_v, best_v in zip(ours["verdicts"], best["verdicts"], strict=True):
-        cells = [f"`{mine_v.claim}`", mine_v.source]
-        if then:
-            cells.append(_MARK[then["verdicts"].get(mine_v.claim, "not measured")])
-        cells += [_MARK[mine_v.verdict], _MARK[best_v.verdict]]
+    head = ["claim", "source"]
+    for recon in dict.fromkeys((before, best)):
+        if earlier:
+            head.append(f"{recon.label}, earlier (rules then)")
+        head.append(f"{recon.label}, here")
+    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for i, claim in enumerate(v.claim for v in records[0]["verdicts"]):
+        cells = [f"`{claim}`", records[0]["verdicts"][i].source]
+        for recon in dict.fromkeys((before, best)):
+            if earlier:
+                cells.append(_MARK[there.get(recon, {}).get(claim, "not measured")])
+            cells.append(_MARK[here[recon]["verdicts"][i].verdict] if recon in here else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def readme_section(records: list[dict], earlier=None, command: str = "", best: int = 6) -> str:
+    """The README's calibration section: `choices`, then the `best` first rows of the ranking."""
+    rows = to_markdown(records[:best], command)
+    return f"{choices(records, earlier)}\nThe best {best} of {len(records)}: {rows}"
 
 
 def to_markdown(records: list[dict], command: str = "") -> str:

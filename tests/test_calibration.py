@@ -92,22 +92,24 @@ def test_outputs(calibrated, tmp_path):
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + len(RECONS)
 
 
-def test_the_adopted_preset_against_the_best_claim_by_claim(calibrated):
+def test_the_earlier_choice_against_this_one_claim_by_claim(calibrated):
     _, _, records = calibrated
     assert calibration.adopted().params(device.paper()) == device.calibrated()
-    assert "is not in this grid" in calibration.against_adopted(records)
-    # With the adopted reconstruction in the grid (here: as if the second were it).
-    mine = calibration.adopted()
-    moved = [dict(records[0])] + [dict(records[1], reconstruction=mine)]
-    earlier = [{**mine._asdict(), "verdicts": {"offline_chance": "fails"}}]
-    text = calibration.against_adopted(moved, earlier)
+    assert "`calibrated`) is sqrt x1, 4x finer: not in this grid" in calibration.choices(records)
+    # An earlier calibration that chose this one's second reconstruction.
+    second, best = records[1]["reconstruction"], records[0]["reconstruction"]
+    earlier = [{**second._asdict(), "verdicts": {"offline_chance": "fails"}}]
+    text = calibration.choices(records, earlier)
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == len(claims.CLAIM_IDS)
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[:3] == ["`offline_chance`", "stated", "✗"]  # as judged where it was chosen
     marks = {"holds": "✓", "fails": "✗", "not measured": "–"}
-    assert cells[3:] == [
+    assert cells == [
+        "`offline_chance`",
+        "stated",
+        "✗",  # as judged where it was chosen
         marks[records[1]["verdicts"][0].verdict],
+        "–",  # the best here was not in the earlier grid
         marks[records[0]["verdicts"][0].verdict],
     ]
-    assert "#1 of 2" in text and "the adopted one: #2," in text
+    assert f"Here: {best.label} #1 of 2," in text and f"{second.label} #2 of 2," in text

@@ -489,13 +489,15 @@ _BLOCK = re.compile(r"<!-- ([\w -]+) -->\n(.*?)<!-- /\1 -->", re.S)
 
 
 def _source(block: str) -> pathlib.Path:
-    """The committed file experiments/paper_figures.py fills a README block from."""
+    """The committed file experiments/paper_figures.py (calibrate.py: calibration) fills a
+    README block from."""
     kind, *name = block.split(" ")
     return {
         "table2": lambda: RESULTS / name[0] / "table2.md",
         "claims-summary": lambda: RESULTS / "paper" / "claims.md",
         "maml-sanity": lambda: RESULTS / "paper" / "maml_sanity.md",
         "scales": lambda: RESULTS / "paper" / f"scales_{name[0]}.md",
+        "calibration": lambda: RESULTS / name[0] / "summary.md",
     }[kind]()
 
 
