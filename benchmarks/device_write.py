@@ -17,11 +17,11 @@ weights, the floor under the write's ratio (BUILD_NOTES.md).
 
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+from timing import median_ms
 
 from roa_jax import crossbar, device, writers
 
@@ -78,16 +78,6 @@ def _compiled(case, params, sigma_w):
     return variants
 
 
-def _median_ms(fn, args, repeats):
-    jax.block_until_ready(fn(*args))  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -112,7 +102,7 @@ def main(argv):
         load = os.getloadavg()[0]
         for case, variants in compiled.items():
             for name, fn, args in variants:
-                times.setdefault((case, name), []).append(_median_ms(fn, args, _REPEATS.value))
+                times.setdefault((case, name), []).append(median_ms(fn, args, _REPEATS.value))
         print(f"round {i + 1}: load average {load:.2f} before, {os.getloadavg()[0]:.2f} after")
 
     def stat(case, name):

@@ -15,12 +15,12 @@ so that a change of load hits both alike; the table gives the median over rounds
 
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from timing import median_ms
 
 from roa_jax import technologies
 
@@ -46,16 +46,6 @@ def _problem(name):
         ns.append(jnp.round(jnp.clip(_SCALE.value * jax.random.t(k_n, 2.0, shape), -_CAP, _CAP)))
         hs.append(h)
     return jax.random.PRNGKey(7), ws, ns, hs
-
-
-def _median_ms(fn, args, repeats):
-    jax.block_until_ready(fn(*args))  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main(argv):
@@ -91,7 +81,7 @@ def main(argv):
     for i in range(_ROUNDS.value):
         for name, by in variants.items():
             for variant, (fn, args) in by.items():
-                times.setdefault((name, variant), []).append(_median_ms(fn, args, _REPEATS.value))
+                times.setdefault((name, variant), []).append(median_ms(fn, args, _REPEATS.value))
         print(f"round {i + 1}: load average {os.getloadavg()[0]:.2f}")
     print(f"\n{'technology':18s} {'shrinking ms':>24s} {'every device ms':>24s}  speed-up")
     for name in variants:

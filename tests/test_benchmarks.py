@@ -81,3 +81,11 @@ def test_program_tasks_benchmark_prints_every_row():
     )
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("1 ")]
     assert [r[1] for r in rows] == ["1", "2"], out
+
+
+def test_technology_write_benchmark_prints_each_technology():
+    out = _benchmark(
+        "technology_write.py", "--rounds=1", "--repeats=1", "--scale=1", "--technologies=pcm"
+    )
+    row = next(line.split() for line in out.splitlines() if line.startswith("pcm "))
+    assert float(row[-1].rstrip("x")) > 0, out
