@@ -285,14 +285,17 @@ def choices(records: list[dict], earlier: list[dict] | None = None) -> str:
         if recon not in here:
             return "not in this grid"
         r = here[recon]
-        return f"#{records.index(r) + 1} of {len(records)}, {r['holds']}/{r['measured']}"
+        return (
+            f"#{records.index(r) + 1} of {len(records)}, {r['holds']}/{r['measured']} "
+            f"(summed margin {r['margin']:+.1f} pp)"
+        )
 
     mine = adopted()
     lines = [
         f"The {'earlier calibration' if earlier else 'adopted preset'}'s choice "
         f"({before.label}) against this calibration's ({best.label}), claim by claim (✓ holds, "
         "✗ fails, – not measured or not in that grid; stated claims score, inferred ones are "
-        f"shown). Here: {best.label} {rank(best)} stated claims; {before.label} "
+        f"shown). Here, stated claims: {best.label} {rank(best)}; {before.label} "
         f"{rank(before)}. The adopted preset (`calibrated`) is {mine.label}: {rank(mine)}.",
         "",
     ]
@@ -315,7 +318,8 @@ def choices(records: list[dict], earlier: list[dict] | None = None) -> str:
 def readme_section(records: list[dict], earlier=None, command: str = "", best: int = 6) -> str:
     """The README's calibration section: `choices`, then the `best` first rows of the ranking."""
     rows = to_markdown(records[:best], command)
-    return f"{choices(records, earlier)}\nThe best {best} of {len(records)}: {rows}"
+    first = f"The first {best} of {len(records)}, from calibration.md."
+    return f"{choices(records, earlier)}\n{first}\n\n{rows}"
 
 
 def to_markdown(records: list[dict], command: str = "") -> str:

@@ -112,4 +112,5 @@ def test_the_earlier_choice_against_this_one_claim_by_claim(calibrated):
         "–",  # the best here was not in the earlier grid
         marks[records[0]["verdicts"][0].verdict],
     ]
-    assert f"Here: {best.label} #1 of 2," in text and f"{second.label} #2 of 2," in text
+    assert f"Here, stated claims: {best.label} #1 of 2," in text
+    assert f"{second.label} #2 of 2," in text and "summed margin" in text
