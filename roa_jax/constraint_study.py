@@ -73,6 +73,7 @@ def score(results: Results, k: float, lam: float) -> dict:
     return dict(
         k=k,
         lam=lam,
+        device=results.device_note,
         high_levels=high,
         gain_pp=gain,
         gain_ci95_pp=ci,
@@ -157,6 +158,7 @@ def to_markdown(records: list[dict], shares: dict, command: str = "") -> str:
     lines = ["# The ROA constraint: a k x lambda sweep and where the weights sit", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
+    lines += [f"Device preset: {records[0]['device']}.", ""]
     lines += [f"**Verdict.** {verdict(records)}", ""]
     high = records[0]["high_levels"]
     lines += [

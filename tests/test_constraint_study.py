@@ -41,7 +41,7 @@ def _results(gain):
     for s, delta in ((0.0, 0.0), (2.0, -0.1), (3.0, gain)):
         rows.append(_row(ROA_WC, s, tasks))
         rows.append(_row(ROA, s, [t + delta + 0.002 * (i % 2) for i, t in enumerate(tasks)], 2.0))
-    return Results(methods=rows)
+    return Results(methods=rows, devices={"calibrated": {"granularity": 4.0}})
 
 
 def test_score_is_the_paired_difference_at_high_noise():
@@ -90,6 +90,7 @@ def test_write_makes_every_output(tmp_path):
     md = (tmp_path / "constraint.md").read_text()
     assert "Command: `python x`" in md and "| 8 | 0.1 | +5.1 ±" in md
     assert "| net | 50.0 % / 10.0 % |" in md
+    assert "Device preset: calibrated [" in md
     data = json.loads((tmp_path / "constraint.json").read_text())
     assert data["verdict"].startswith("The constraint adds +5.1 pp")
     assert len((tmp_path / "sweep.csv").read_text().splitlines()) == 1 + len(records)
