@@ -154,7 +154,7 @@ def figure(table: list[dict], path, chance: float) -> None:
     left.axvline(100 * chance, color="gray", ls=":", label="chance")
     left.set_yticks(y, [r["device"] for r in own])
     left.set_xlabel("test accuracy (%) at the device's own noise")
-    left.legend(loc="lower right", fontsize=8)
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=4, fontsize=8)
     sigmas = sorted({r["sigma_w"] for r in table})
     for r in own:  # each device's accuracies over sigma_w, joined
         pts = [x["roa"] for x in table if x["device"] == r["device"]]
@@ -167,13 +167,15 @@ def figure(table: list[dict], path, chance: float) -> None:
             label=f"sigma_w = {sigma:g}",
             alpha=0.8,
         )
-    for r in own:
+    noisiest = [r for r in table if r["sigma_w"] == sigmas[-1]]
+    for r, label_y in zip(noisiest, _label_heights(noisiest), strict=True):
         right.annotate(
             r["device"],
             (r["levels"], r["roa"]),
+            xytext=(r["levels"] * 1.1, label_y),
             fontsize=7,
-            xytext=(3, 2),
-            textcoords="offset points",
+            va="center",
+            arrowprops=dict(arrowstyle="-", color="gray", lw=0.5),
         )
     right.set_xscale("log")
     right.axhline(100 * chance, color="gray", ls=":")
@@ -183,6 +185,20 @@ def figure(table: list[dict], path, chance: float) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _label_heights(rows: list[dict], decades: float = 0.45, gap: float = 2.2) -> list[float]:
+    """Heights for the devices' labels beside their points (right of them, on the log-levels
+    axis): from the top down, each label moves down until no label placed before lies within
+    `decades` of it across and `gap` points of accuracy up or down."""
+    placed, heights = [], {}
+    for i in sorted(range(len(rows)), key=lambda i: -rows[i]["roa"]):
+        x, y = np.log10(rows[i]["levels"]), rows[i]["roa"]
+        while any(abs(x - px) < decades and abs(y - py) < gap for px, py in placed):
+            y -= gap / 2
+        placed.append((x, y))
+        heights[i] = y
+    return [heights[i] for i in range(len(rows))]
 
 
 def write(table: list[dict], out_dir, command: str, chance: float) -> list[pathlib.Path]:
