@@ -62,6 +62,7 @@ def _program():
         width=FLAGS.width,
         image_size=FLAGS.image_size,
         meta_batch_size=FLAGS.meta_batch,
+        msl_epochs=0,  # as the cpu scales: the last step's query loss only
     )
     size, ch = FLAGS.image_size, FLAGS.channels
     meta = train.init_meta(cfg, (size, size, ch))

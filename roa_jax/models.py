@@ -194,27 +194,34 @@ def _signed_max_pool(x, sign):
     """sign * max-pool(sign * x) for a per-channel sign of +-1: max-pool where it is 1,
     min-pool where it is -1.
 
-    The forward pass is XLA's reduce-window, which XLA:CPU computes in a pass of its own; as
-    elementwise maxima of strided slices (or a reshaped max) it was fused into each consumer,
-    among them the layout copy that feeds the next layer's filter gradient, which then re-read
-    the full-size input in batch-minor order (1.09-1.19x per meta-step, BUILD_NOTES.md "Speed:
-    the meta-step near the machine's limit"). The derivative routes each window's gradient to
-    the elements equal to its result, shared among ties (the derivative of `jnp.max`), written
-    out rather than left to reduce-window's own rule (select-and-scatter, whose second
-    derivative is several times slower on XLA:CPU) or to the reduction's (a float mask and a
-    count over the full-size input); it is a linear map of the incoming gradient, so MAML
-    differentiates through it twice.
+    Undifferentiated (an evaluation's query pass), the maxima of the four strided quarters,
+    which XLA fuses into the pass that reads them. Differentiated, `_pool_for_grad`: the same
+    values from XLA's reduce-window, in a pass of its own (fused maxima were re-read by the
+    layout copy feeding the next filter gradient, BUILD_NOTES.md "Speed: the meta-step near
+    the machine's limit"), and the derivative written out (`_pool_bwd`).
     """
+    quarters = [_windows(x * sign)[:, :, i, :, j] for i in (0, 1) for j in (0, 1)]
+    return functools.reduce(jnp.maximum, quarters) * sign
+
+
+@jax.custom_vjp
+def _pool_for_grad(x, sign):
+    """`_signed_max_pool` as XLA's reduce-window, with `_pool_bwd` as its derivative."""
     window = (1, 2, 2, 1)
     return jax.lax.reduce_window(x * sign, -jnp.inf, jax.lax.max, window, window, "VALID") * sign
 
 
-def _signed_max_pool_fwd(x, sign):
-    pooled = _signed_max_pool(x, sign)
+def _pool_fwd(x, sign):
+    pooled = _pool_for_grad(x, sign)
     return pooled, (x, pooled)
 
 
-def _signed_max_pool_bwd(res, g):
+def _pool_bwd(res, g):
+    """Each window's gradient to the elements equal to its result, shared among ties (the
+    derivative of `jnp.max`), rather than reduce-window's own rule (select-and-scatter, whose
+    second derivative is several times slower on XLA:CPU) or the reduction's (a float mask
+    and a count over the full-size input). A linear map of `g`: MAML differentiates it again,
+    and `_pool_fwd` calls `_pool_for_grad`, so every order keeps this rule."""
     x, pooled = res
     b, h, w, c = x.shape
     winners = _windows(x) == pooled[:, :, None, :, None, :]
@@ -227,7 +234,8 @@ def _signed_max_pool_bwd(res, g):
     return dx, jnp.zeros_like(pooled[0, 0, 0])
 
 
-_signed_max_pool.defvjp(_signed_max_pool_fwd, _signed_max_pool_bwd)
+_signed_max_pool.defvjp(_pool_fwd, _pool_bwd)
+_pool_for_grad.defvjp(_pool_fwd, _pool_bwd)
 
 
 def _head(n_way: int):

@@ -83,7 +83,8 @@ def adapt_each(keys, model, meta, episodes, num_steps, hw=None, rho=1.0, task_ba
     """`adapt_tasks` with the tasks' keys given (`task_keys`), so a batch can be cut."""
 
     def one(k, episode):
-        result = maml.adapt(k, model, meta, episode, num_steps, writers.writer(hw), rho)
+        writer = writers.writer(hw)
+        result = maml.adapt(k, model, meta, episode, num_steps, writer, rho, every_step=False)
         return result.accuracy[-1]
 
     return batching.map_tasks(one, keys, episodes, strategy=task_batching)
@@ -124,12 +125,15 @@ def offline_adapt(key, model: nn.Module, episode, num_steps: int, lr, hw: writer
     def logits(trained, x):
         return model.apply({"params": models.merge(frozen, *trained)}, x)
 
-    def sgd(_, trained):
-        loss = lambda p: models.cross_entropy(logits(p, episode.support_x), episode.support_y)
-        return jax.tree.map(lambda p, g: p - lr * g, trained, jax.grad(loss)(trained))
+    def loss(trained):
+        return models.cross_entropy(logits(trained, episode.support_x), episode.support_y)
 
-    start = (groups[models.CROSSBAR], groups[models.DIGITAL])
-    weights, biases = jax.lax.fori_loop(0, num_steps, sgd, start)
+    # Unrolled: the same 5 steps in a `lax.fori_loop` ran ~4x slower on XLA:CPU (BUILD_NOTES.md,
+    # "Speed: the meta-step near the machine's limit").
+    weights, biases = groups[models.CROSSBAR], groups[models.DIGITAL]
+    for _ in range(num_steps):
+        grads = jax.grad(loss)((weights, biases))
+        weights, biases = jax.tree.map(lambda p, g: p - lr * g, (weights, biases), grads)
     writer = writers.crossbars(hw)
     blank = writer.start(None, jax.tree.map(jnp.zeros_like, weights))  # exact: no key used
     mapped = writer.read(writer.write(k_write, blank, weights))

@@ -51,6 +51,7 @@ class Objective(NamedTuple):
 
     model: nn.Module
     num_inner_steps: int
+    multi_step_loss: bool = True  # False: msl_w is (0, ..., 0, 1), only the last query computed
     exact_loss_weight: float = 0.0  # with hardware: weight of the exact-update query loss
     constraint_k: float = 4.0
     constraint_lambda: float = 0.1
@@ -67,6 +68,7 @@ def objective(cfg: Config) -> Objective:
     return Objective(
         build_model(cfg),
         cfg.num_inner_steps,
+        cfg.msl_epochs > 0 and cfg.num_inner_steps > 1,
         cfg.exact_loss_weight,
         cfg.constraint_k,
         cfg.constraint_lambda,
@@ -102,15 +104,25 @@ def meta_loss(meta, episodes, key, msl_w, hw, objective: Objective, first_order:
     keys = jax.random.split(key, episodes.query_y.shape[0])
     writer = writers.writer(hw)
 
+    # Without MSL the weights are (0, ..., 0, 1): only the last step's query is computed.
+    weights = msl_w if o.multi_step_loss else msl_w[-1:]
+
     def task(k, episode):
         adapt = functools.partial(
-            maml.adapt, k, o.model, meta, episode, o.num_inner_steps, first_order=first_order
+            maml.adapt,
+            k,
+            o.model,
+            meta,
+            episode,
+            o.num_inner_steps,
+            first_order=first_order,
+            every_step=o.multi_step_loss,
         )
         result = adapt(writer)
-        loss = jnp.sum(msl_w * result.loss)
+        loss = jnp.sum(weights * result.loss)
         if hw is not None and o.exact_loss_weight > 0:
             w = o.exact_loss_weight
-            loss = (1 - w) * loss + w * jnp.sum(msl_w * adapt(None).loss)
+            loss = (1 - w) * loss + w * jnp.sum(weights * adapt(None).loss)
         return loss, result.accuracy[-1]
 
     losses, accs = batching.map_tasks(task, keys, episodes, strategy=o.task_batching, mesh=o.mesh)

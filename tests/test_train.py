@@ -224,6 +224,32 @@ def test_exact_loss_weight_mixes_exact_and_hardware_losses():
     np.testing.assert_allclose(loss(hw, 0.25), 0.75 * hardware + 0.25 * exact, rtol=1e-5)
 
 
+@pytest.mark.parametrize("first_order", [True, False])
+def test_without_msl_the_last_query_alone_gives_the_same_meta_gradient(first_order):
+    model = models.MLP(5, (16, 8), num_bn_steps=3)
+    meta = maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, *SHAPE)), 2, 2.0)
+    episodes, key = _episodes(), jax.random.PRNGKey(4)
+    hw = writers.hardware(device.paper(), 0.5)
+    msl_w = maml.msl_weights(2, 0, 0)  # (0, 1): what every scale without MSL annealing uses
+
+    def grads(every_step):
+        objective = train.Objective(
+            model, 2, every_step, exact_loss_weight=0.25, task_batching="unroll"
+        )
+        return jax.grad(train.meta_loss, has_aux=True)(
+            meta, episodes, key, msl_w, hw, objective, first_order
+        )
+
+    (all_steps, all_metrics), (last, last_metrics) = grads(True), grads(False)
+    chex.assert_trees_all_close(last, all_steps, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(last_metrics, all_metrics, rtol=1e-6)
+    # With MSL weights on every step the two differ: the flag is what changes the loss.
+    spread = jnp.array([0.5, 0.5])
+    loss = lambda o: train.meta_loss(meta, episodes, key, spread, hw, o, first_order)[0]
+    objective = lambda every: train.Objective(model, 2, every, task_batching="unroll")
+    assert abs(float(loss(objective(True)) - loss(objective(False)))) > 1e-4
+
+
 def test_validation_scores_the_same_mix_as_the_loss():
     cfg = dataclasses.replace(
         TINY, inner_lr=2.0, hardware_inner=True, train_sigma_w=1.0, val_tasks=4, eval_chunk=4
