@@ -1,0 +1,128 @@
+r"""Two speed levers of issue 28 against their previous form, in one process, interleaved.
+
+  python benchmarks/levers.py                      # both
+  python benchmarks/levers.py --levers=pool --repeats=7
+
+- query: the 5-step Omniglot 5-way meta-step (8 tasks) querying after every inner step, as
+  before, against after the last one only (`train.Objective.multi_step_loss=False`, what every
+  scale without MSL annealing runs); first and second order; prints whether the updated
+  meta-parameters are equal and each program's compile time.
+- pool: `evaluation.sweep` (one task per program, 2 noise levels x 16 tasks) with the
+  undifferentiated max-pool as XLA's reduce-window, as before, against the strided maxima
+  (`models._signed_max_pool`); origin, ROA (1 write) and 5-step; prints whether the
+  accuracies are equal.
+Random conv4 networks (--width filters, meta_step.py's flag) and Omniglot-shaped random
+images; no dataset needed. Medians of --repeats (meta_step.py's flag)
+interleaved rounds after a warm-up (benchmarks/meta_step.py explains why interleaved).
+"""
+
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import meta_step  # noqa: E402
+from roa_jax import device, evaluation, maml, models, train  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("levers", ["query", "pool"], "Levers to time: query, pool.")
+
+
+def _medians(fns: dict) -> dict:
+    times = {name: [] for name in fns}
+    for _ in range(FLAGS.repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def query_lever():
+    cfg, meta, batch = meta_step._setup("omniglot_5w", 5, "unroll")
+    optimizer = train.make_optimizer(cfg)
+    state = train.TrainState(meta, optimizer.init(meta), jnp.int32(0))
+    args = (state, batch, jax.random.PRNGKey(1), maml.msl_weights(5, 0, 0), None)
+    fns, outs, compiles = {}, {}, {}
+    for first_order in (True, False):
+        for every_step in (True, False):
+            objective = train.objective(cfg)._replace(multi_step_loss=every_step)
+            step = functools.partial(
+                train.train_step, objective=objective, optimizer=optimizer, first_order=first_order
+            )
+            start = time.perf_counter()
+            compiled = jax.jit(step).lower(*args).compile()
+            key = (first_order, every_step)
+            compiles[key] = time.perf_counter() - start
+            outs[key] = compiled(*args)[0].meta
+            fns[key] = lambda c=compiled: jax.block_until_ready(c(*args))
+    t = _medians(fns)
+    for first_order in (True, False):
+        every, last = (first_order, True), (first_order, False)
+        equal = all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(outs[every]), jax.tree.leaves(outs[last]), strict=True)
+        )
+        print(
+            f"query, 5-step meta-step, {'first' if first_order else 'second'} order: every step "
+            f"{t[every]:.3f} s, last only {t[last]:.3f} s, {t[every] / t[last]:.2f}x; compile "
+            f"{compiles[every]:.0f} / {compiles[last]:.0f} s; meta-parameters equal: {equal}"
+        )
+
+
+def pool_lever():
+    images = jax.random.randint(jax.random.PRNGKey(1), (100, 20, 28, 28, 1), 0, 256)
+    images = images.astype(jnp.uint8)
+    devices = evaluation.stack([device.calibrated()])
+    grid = evaluation.make_grid([0.5, 1.0], [1.0], [0])
+    forms = {"reduce_window": models._pool_for_grad, "strided": models._signed_max_pool}
+    fns, accs = {}, {}
+    try:
+        for kind, steps in (("origin", 1), ("adapt", 1), ("adapt", 5)):
+            model = models.build("conv4", 5, FLAGS.width, steps + 1)
+            meta = maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, 28, 28, 1)), steps, 0.1)
+            for tag, (form, pool) in enumerate(forms.items()):
+                models._signed_max_pool = pool
+                # Settings differ (an unused field) so that each form compiles its own program.
+                setting = evaluation.Setting(
+                    kind, model, 5, 1, 15, num_steps=steps, chunk=8, offline_lr=tag
+                )
+                run = functools.partial(
+                    evaluation.sweep,
+                    jax.random.PRNGKey(2), meta, images, (0.0, 1.0), devices, grid, 16, setting,
+                    strategy="loop",
+                )  # fmt: skip
+                accs[(kind, steps, form)] = run()
+                fns[(kind, steps, form)] = run
+    finally:
+        models._signed_max_pool = forms["strided"]
+    t = _medians(fns)
+    for kind, steps in (("origin", 1), ("adapt", 1), ("adapt", 5)):
+        old, new = (kind, steps, "reduce_window"), (kind, steps, "strided")
+        per_task = lambda x: 1000 * t[x] / 32  # noqa: E731
+        print(
+            f"pool, eval {kind} {steps} step(s): reduce-window {per_task(old):.1f} ms per task, "
+            f"strided {per_task(new):.1f}, {t[old] / t[new]:.2f}x; accuracies equal: "
+            f"{np.array_equal(accs[old], accs[new])}"
+        )
+
+
+def main(argv):
+    del argv
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    if "query" in FLAGS.levers:
+        query_lever()
+    if "pool" in FLAGS.levers:
+        pool_lever()
+
+
+if __name__ == "__main__":
+    app.run(main)
