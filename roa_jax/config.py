@@ -206,8 +206,8 @@ def model_config(task: str, model: str, scale: str) -> Config:
       the same tasks, as in the paper, which trains every scheme for the same epochs and
       iterations.
     quick: the README's main job (minutes): 1-step models 4 epochs x 100 of 8 tasks, the
-      5-step one 2 x 100 of 4 (the one scale where the 5-step model meets fewer tasks: its
-      steps cost ~6x a 1-step one's, BUILD_NOTES.md "Fair budgets"), 50 validation tasks.
+      5-step one 2 x 100 of 4 (the one scale where the 5-step model meets fewer tasks, to
+      keep the main job short, BUILD_NOTES.md "Fair budgets"), 50 validation tasks.
     cpu_long: the well-trained runs: cpu with 10x the epochs, and MAML++'s
       derivative-order annealing (first order for 10 epochs, then second order).
     tiny: seconds, for tests.
