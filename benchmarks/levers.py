@@ -17,7 +17,6 @@ interleaved rounds after a warm-up (benchmarks/meta_step.py explains why interle
 """
 
 import functools
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,16 +33,6 @@ from roa_jax import device, evaluation, maml, models, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("levers", ["query", "pool"], "Levers to time: query, pool.")
-
-
-def _medians(fns: dict) -> dict:
-    times = {name: [] for name in fns}
-    for _ in range(FLAGS.repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def query_lever():
@@ -64,7 +53,7 @@ def query_lever():
             compiles[key] = time.perf_counter() - start
             outs[key] = compiled(*args)[0].meta
             fns[key] = lambda c=compiled: jax.block_until_ready(c(*args))
-    t = _medians(fns)
+    t = meta_step._median_times(fns, FLAGS.repeats)
     for first_order in (True, False):
         every, last = (first_order, True), (first_order, False)
         equal = all(
@@ -104,7 +93,7 @@ def pool_lever():
                 fns[(kind, steps, form)] = run
     finally:
         models._signed_max_pool = forms["strided"]
-    t = _medians(fns)
+    t = meta_step._median_times(fns, FLAGS.repeats)
     for kind, steps in (("origin", 1), ("adapt", 1), ("adapt", 5)):
         old, new = (kind, steps, "reduce_window"), (kind, steps, "strided")
         per_task = lambda x: 1000 * t[x] / 32  # noqa: E731
