@@ -12,7 +12,10 @@ median over rounds and the range. The 1-minute load average is printed per round
 
 Besides the table (write, plain, ratio) it times `jax.random.normal` of the same shapes alone
 (default threefry key): on XLA:CPU that draw by itself costs ~30x a plain update of 1M
-weights, the floor under the write's ratio (BUILD_NOTES.md).
+weights, the floor under the write's ratio (BUILD_NOTES.md). JAX lowers threefry on XLA:CPU as
+a rolled loop of its 5 rounds (compiles faster); the write and the draw are also timed with the
+rounds unrolled (JAX's lowering on other backends: the same bits, checked), the lever that
+BUILD_NOTES.md ("Speed: the meta-step near the machine's limit") measured and did not keep.
 """
 
 import os
@@ -20,6 +23,7 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 from timing import median_ms
 
@@ -50,6 +54,18 @@ def normal_draw(key, shapes):
     return [jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
 
 
+def threefry_lowering(unrolled: bool):
+    """Lowers threefry on XLA:CPU with its rounds unrolled, or as JAX's rolled loop (its CPU
+    default), for the programs compiled afterwards. JAX's private rules: jax 0.10 only."""
+    from jax._src.random import threefry2x32 as threefry
+    from jax.interpreters import mlir
+
+    rule = threefry._threefry2x32_lowering_rule
+    if not unrolled:
+        rule = threefry._threefry2x32_cpu_lowering_rule
+    mlir.register_lowering(threefry.threefry2x32_p, rule, platform="cpu")
+
+
 def _problem(shapes, params):
     """{layer: weights}, {layer: gradients} and {layer: crossbar} of one case."""
     keys = jax.random.split(jax.random.PRNGKey(0), len(shapes))
@@ -68,13 +84,20 @@ def _compiled(case, params, sigma_w):
     dws = {i: -LEARNING_RATE * g for i, g in grads.items()}
     key = jax.random.PRNGKey(1)
     write_args = (key, xbars, dws, writers.hardware(params, sigma_w))
-    variants = [
-        ("write", jax.jit(hardware_write), write_args),
-        ("plain", jax.jit(plain_update), (weights, grads)),
-        ("normal draw only", jax.jit(lambda k: normal_draw(k, shapes)), (key,)),
+    functions = [
+        ("write", hardware_write, write_args),
+        ("plain", plain_update, (weights, grads)),
+        ("normal draw only", lambda k: normal_draw(k, shapes), (key,)),
     ]
-    for _, fn, args in variants:
-        jax.block_until_ready(fn(*args))
+    # A new jit of each function per lowering, so that neither reuses the other's program.
+    variants = [(name, jax.jit(fn).lower(*args).compile(), args) for name, fn, args in functions]
+    threefry_lowering(unrolled=True)
+    for (name, fn, args), (_, rolled, _) in zip(functions[::2], variants[::2], strict=True):
+        unrolled = jax.jit(lambda *a, fn=fn: fn(*a)).lower(*args).compile()
+        variants.append((f"{name}, threefry unrolled", unrolled, args))
+        same = all(jax.tree.leaves(jax.tree.map(np.array_equal, rolled(*args), unrolled(*args))))
+        print(f"  {case}, {name}: the unrolled threefry gives the same bits: {same}")
+    threefry_lowering(unrolled=False)
     return variants
 
 
@@ -125,7 +148,7 @@ def main(argv):
         for name, _, _ in variants:
             t, lo, hi = stat(case, name)
             ratio = statistics.median(a / b for a, b in zip(times[case, name], plain, strict=True))
-            print(f"  {case:24s} {name:31s} {t:7.3f} ({lo:6.3f}..{hi:6.3f}) {ratio:6.1f}x")
+            print(f"  {case:24s} {name:36s} {t:7.3f} ({lo:6.3f}..{hi:6.3f}) {ratio:6.1f}x")
 
 
 if __name__ == "__main__":

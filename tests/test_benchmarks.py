@@ -77,6 +77,8 @@ def test_device_write_benchmark_prints_every_case():
     assert "conv4-64 omniglot 5-way: 111,488 weights" in out, out
     for row in ("write", "plain", "normal draw only"):
         assert out.count(f" {row} ") >= 2, out  # one line per case
+    assert out.count("threefry unrolled") == 4, out
+    assert out.count("the unrolled threefry gives the same bits: True") == 4, out
     ratios = [line.split()[-1] for line in out.splitlines() if line.startswith("1024x1024")]
     assert len(ratios) == 1 and float(ratios[0]) > 0, out
 
