@@ -1,6 +1,6 @@
-r"""Two speed levers of issue 28 against their previous form, in one process, interleaved.
+r"""Speed levers of issue 28 against their previous form, in one process, interleaved.
 
-  python benchmarks/levers.py                      # both
+  python benchmarks/levers.py                      # all three
   python benchmarks/levers.py --levers=pool --repeats=7
 
 - query: the 5-step Omniglot 5-way meta-step (8 tasks) querying after every inner step, as
@@ -11,6 +11,9 @@ r"""Two speed levers of issue 28 against their previous form, in one process, in
   undifferentiated max-pool as XLA's reduce-window, as before, against the strided maxima
   (`models._signed_max_pool`); origin, ROA (1 write) and 5-step; prints whether the
   accuracies are equal.
+- noise: the same sweep over the main job's 5 noise levels x 4 rhos (16 tasks), ROA and 5-step,
+  each point drawing its tasks' write noise in its own program, as before, against drawn once
+  per repeat with the tasks (`evaluation.draw_normals`); prints whether the accuracies are equal.
 Random conv4 networks (--width filters, meta_step.py's flag) and Omniglot-shaped random
 images; no dataset needed. Medians of --repeats (meta_step.py's flag)
 interleaved rounds after a warm-up (benchmarks/meta_step.py explains why interleaved).
@@ -32,7 +35,7 @@ from benchmarks import meta_step  # noqa: E402
 from roa_jax import device, evaluation, maml, models, train  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("levers", ["query", "pool"], "Levers to time: query, pool.")
+flags.DEFINE_list("levers", ["query", "pool", "noise"], "Levers to time: query, pool, noise.")
 
 
 def query_lever():
@@ -67,19 +70,20 @@ def query_lever():
         )
 
 
-def pool_lever():
+def _eval_lever(name, forms, grid, kinds=(("origin", 1), ("adapt", 1), ("adapt", 5))):
+    """`evaluation.sweep` (one task per program, `grid`'s points x 16 tasks) of origin, ROA
+    (1 write) and 5-step under each of `forms` ({form: a function that puts it in place}, the
+    previous form first, the library's own last, which stays in place)."""
     images = jax.random.randint(jax.random.PRNGKey(1), (100, 20, 28, 28, 1), 0, 256)
     images = images.astype(jnp.uint8)
     devices = evaluation.stack([device.calibrated()])
-    grid = evaluation.make_grid([0.5, 1.0], [1.0], [0])
-    forms = {"reduce_window": models._pool_for_grad, "strided": models._signed_max_pool}
-    fns, accs = {}, {}
+    fns, accs, tasks = {}, {}, 16 * len(grid.seed)
     try:
-        for kind, steps in (("origin", 1), ("adapt", 1), ("adapt", 5)):
+        for kind, steps in kinds:
             model = models.build("conv4", 5, FLAGS.width, steps + 1)
             meta = maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, 28, 28, 1)), steps, 0.1)
-            for tag, (form, pool) in enumerate(forms.items()):
-                models._signed_max_pool = pool
+            for tag, (form, put) in enumerate(forms.items()):
+                put()
                 # Settings differ (an unused field) so that each form compiles its own program.
                 setting = evaluation.Setting(
                     kind, model, 5, 1, 15, num_steps=steps, chunk=8, offline_lr=tag
@@ -89,19 +93,37 @@ def pool_lever():
                     jax.random.PRNGKey(2), meta, images, (0.0, 1.0), devices, grid, 16, setting,
                     strategy="loop",
                 )  # fmt: skip
-                accs[(kind, steps, form)] = run()
+                accs[(kind, steps, form)] = run()  # compiles under this form
                 fns[(kind, steps, form)] = run
     finally:
-        models._signed_max_pool = forms["strided"]
+        list(forms.values())[-1]()
     t = meta_step._median_times(fns, FLAGS.repeats)
-    for kind, steps in (("origin", 1), ("adapt", 1), ("adapt", 5)):
-        old, new = (kind, steps, "reduce_window"), (kind, steps, "strided")
-        per_task = lambda x: 1000 * t[x] / 32  # noqa: E731
+    old, new = list(forms)
+    for kind, steps in kinds:
+        a, b = (kind, steps, old), (kind, steps, new)
+        per_task = lambda x: 1000 * t[x] / tasks  # noqa: E731
         print(
-            f"pool, eval {kind} {steps} step(s): reduce-window {per_task(old):.1f} ms per task, "
-            f"strided {per_task(new):.1f}, {t[old] / t[new]:.2f}x; accuracies equal: "
-            f"{np.array_equal(accs[old], accs[new])}"
+            f"{name}, eval {kind} {steps} step(s): {old} {per_task(a):.1f} ms per task, "
+            f"{new} {per_task(b):.1f}, {t[a] / t[b]:.2f}x; accuracies equal: "
+            f"{np.array_equal(accs[a], accs[b])}"
         )
+
+
+def pool_lever():
+    def put(pool):
+        return lambda: setattr(models, "_signed_max_pool", pool)
+
+    forms = {"reduce-window": put(models._pool_for_grad), "strided": put(models._signed_max_pool)}
+    _eval_lever("pool", forms, evaluation.make_grid([0.5, 1.0], [1.0], [0]))
+
+
+def noise_lever():
+    def put(draw):
+        return lambda: setattr(evaluation, "draw_normals", draw)
+
+    forms = {"per point": put(lambda *args: None), "per repeat": put(evaluation.draw_normals)}
+    grid = evaluation.make_grid([0.0, 0.5, 1.0, 2.0, 3.0], [0.5, 1.0, 2.0, 4.0], [0])
+    _eval_lever("noise", forms, grid, kinds=(("adapt", 1), ("adapt", 5)))
 
 
 def main(argv):
@@ -111,6 +133,8 @@ def main(argv):
         query_lever()
     if "pool" in FLAGS.levers:
         pool_lever()
+    if "noise" in FLAGS.levers:
+        noise_lever()
 
 
 if __name__ == "__main__":

@@ -76,14 +76,14 @@ def _v_read(params):
     return 1.0 if _is_technology(params) else params.v_read
 
 
-def _write(key, g, dg, params, sigma_w, policy, member: int, noise):
+def _write(key, g, dg, params, sigma_w, policy, member: int, noise, normals):
     """(g_new, noise_new, n) of one array's write: `device.write` (noise None) or a
     technology's."""
     if _is_technology(params):
         h = technologies.chip(params, jnp.shape(g), member)
         policy = device.open_loop() if policy is None else policy
         return technologies.write(key, g, dg, h, sigma_w, policy, noise)
-    g_new, n = device.write(key, g, dg, params, sigma_w, policy)
+    g_new, n = device.write(key, g, dg, params, sigma_w, policy, normals)
     return g_new, None, n
 
 
@@ -194,28 +194,45 @@ def conv2d(x, xbar: Crossbar, params: device.DeviceParams, stride=1, padding="SA
     return mac(patches, rows_first, params, **noise)
 
 
-def write_update(key, xbar: Crossbar, dw, params, sigma_w, policy=None):
+def _pair_keys(key, xbar: Crossbar):
+    """The keys of a write's arrays: one, or a pair's (G+, G-)."""
+    return (key,) if xbar.g_neg is None else tuple(jax.random.split(key))
+
+
+def write_normals(key, xbar: Crossbar, params):
+    """The standard normals `write_update(key, xbar, ...)` draws for its write noise, one array
+    per device array (a tuple); None for a technology's crossbar, which draws its own."""
+    if _is_technology(params):
+        return None
+    shape, dtype = jnp.shape(xbar.g_pos), jnp.result_type(xbar.g_pos)
+    return tuple(device.standard_normals(k, shape, dtype) for k in _pair_keys(key, xbar))
+
+
+def write_update(key, xbar: Crossbar, dw, params, sigma_w, policy=None, normals=None):
     """Hardware write of a weight update `dw`: dW -> pulses -> response -> noise (MODEL.md 1-2).
 
     Differentiable in `xbar` and `dw` (straight-through rounding, reparameterized noise), so a
     meta-learning outer loop can differentiate through it. A differential pair splits the update
-    into +dG on G+ and -dG on G-.
+    into +dG on G+ and -dG on G-. `normals`: the noise's standard normals drawn beforehand
+    (`write_normals(key, xbar, params)`: the same numbers); None draws them from `key`.
 
     Returns:
       (new crossbar, signed pulse counts with the shape of `dw`, summed over a pair).
     """
     _, g_half = reference(params)
+    keys = _pair_keys(key, xbar)
+    normals = (None,) * len(keys) if normals is None else normals
     if xbar.g_neg is None:
         g, noise, n = _write(
-            key, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos
+            key, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos, normals[0]
         )
         return Crossbar(g, None, noise), n
-    k_pos, k_neg = jax.random.split(key)
+    (k_pos, k_neg), (z_pos, z_neg) = keys, normals
     g_pos, noise_pos, n_pos = _write(
-        k_pos, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos
+        k_pos, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos, z_pos
     )
     g_neg, noise_neg, n_neg = _write(
-        k_neg, xbar.g_neg, -dw * g_half, params, sigma_w, policy, 1, xbar.noise_neg
+        k_neg, xbar.g_neg, -dw * g_half, params, sigma_w, policy, 1, xbar.noise_neg, z_neg
     )
     return Crossbar(g_pos, g_neg, noise_pos, noise_neg), jnp.abs(n_pos) + jnp.abs(n_neg)
 

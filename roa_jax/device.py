@@ -382,7 +382,14 @@ def rounded_count(n, dg, policy: PulsePolicy):
     return jnp.where(jnp.abs(n) < floor, jnp.sign(dg) * floor, n)
 
 
-def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None = None):
+def standard_normals(key, shape, dtype=jnp.float32):
+    """The standard normals of a write's noise (Eq. 7), drawn from `key` for a write of `shape`."""
+    return jax.random.normal(key, shape, dtype=dtype)
+
+
+def write(
+    key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None = None, normals=None
+):
     """Writes a wanted change `dg` (S) into a device at conductance `g` (S); returns (g_new, n).
 
     dG -> pulse count (Eqs. 5-6) -> nonlinear response (Eq. 1) -> write noise (Eq. 7):
@@ -401,6 +408,8 @@ def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None 
       params: device parameters (scalars or per-device arrays).
       sigma_w: dimensionless write-noise level, >= 0.
       policy: pulse policy; default `open_loop()`.
+      normals: the noise's standard normals, drawn beforehand (`standard_normals(key, ...)`
+        with the write's shape); None draws them from `key`.
 
     Returns:
       (g_new, n): new conductances (S) and the signed pulse counts applied.
@@ -413,7 +422,9 @@ def write(key, g, dg, params: DeviceParams, sigma_w, policy: PulsePolicy | None 
     dg_actual = (g_max - g_min) * (jnp.clip(w + pulse_increment(w, n, params), 0.0, 1.0) - w)
     g_pulsed = g + dg_actual
     sigma = noise_std(dg_actual, n, params, sigma_w)  # Eq. 7
-    noise = sigma * jax.random.normal(key, jnp.shape(sigma), dtype=jnp.result_type(g))
+    if normals is None:
+        normals = standard_normals(key, jnp.shape(sigma), jnp.result_type(g))
+    noise = sigma * normals
     # No `where(pulsed, ..., g)`: a device with n = 0 already gets dG_actual = 0 and no noise,
     # and leaving it out keeps the straight-through gradient d(g_new)/d(dg) for devices whose
     # update rounded to zero pulses.

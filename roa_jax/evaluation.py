@@ -105,7 +105,7 @@ def episode_shape(setting: Setting) -> tuple:
     return (setting.chunk, setting.n_way, setting.k_shot, setting.n_query)
 
 
-def evaluate_tasks(keys, meta, episodes, devices, policy, point, setting: Setting):
+def evaluate_tasks(keys, meta, episodes, devices, policy, point, setting: Setting, normals=None):
     """Per-task query accuracy of one grid point on drawn episodes (any number of them).
 
     Args:
@@ -116,6 +116,8 @@ def evaluate_tasks(keys, meta, episodes, devices, policy, point, setting: Settin
       policy: pulse policy of the writes.
       point: (device, sigma_w, rho), traced.
       setting: the scheme and the episode shape.
+      normals: 'adapt': the tasks' write noise drawn beforehand (`draw_normals`), else drawn
+        here from their keys (the same numbers).
     """
     device_index, sigma_w, rho = point
     params = jax.tree.map(lambda x: x[device_index], devices)
@@ -124,7 +126,7 @@ def evaluate_tasks(keys, meta, episodes, devices, policy, point, setting: Settin
     if setting.kind == "origin":
         return roa.adapt_each(keys, model, meta, episodes, steps, None, 1.0, batching_)
     if setting.kind == "adapt":
-        return roa.adapt_each(keys, model, meta, episodes, steps, hw, rho, batching_)
+        return roa.adapt_each(keys, model, meta, episodes, steps, hw, rho, batching_, normals)
     if setting.kind == "offline":
         return roa.offline_each(keys, model, episodes, steps, setting.offline_lr, hw, batching_)
     raise ValueError(f"kind={setting.kind!r} is not one of {KINDS}.")
@@ -138,29 +140,43 @@ def evaluate_point(key, meta, images, norm, devices, policy, point, chunk, setti
     return evaluate_tasks(keys, meta, episodes, devices, policy, tuple(where), setting)
 
 
+def draw_normals(keys, meta, devices, policy, setting: Setting):
+    """The write noise's standard normals of `evaluate_tasks(keys, ...)` for `setting`, which
+    depend on the tasks' keys only, not on the point: None where it draws none ('origin', and
+    'offline', whose one write draws its own)."""
+    if setting.kind != "adapt":
+        return None
+    hw = writers.Hardware(jax.tree.map(itemgetter(0), devices), jnp.float32(0), policy)
+    return roa.draw_normals(keys, meta, setting.num_steps, hw)
+
+
 # The loop strategy draws each round's tasks in a program of their own, so the (costly) program
 # of the scheme does not depend on the split's number of classes: validation and test parts
-# of one model share it. Its pieces are the tasks of one program each (`program_tasks`).
-@functools.partial(jax.jit, static_argnames=("shape", "step", "mesh"))
-def _draw_round(key, images, norm, seeds, chunk, shape, step, mesh):
-    def one(key, images, norm, chunk, seed):
-        drawn = draw_tasks(key, images, norm, seed, chunk, shape)
+# of one model share it. The same program draws the tasks' write noise: common to every point
+# of the repeat, it is drawn once, not once per point (the threefry draw was ~a quarter of a
+# 5-step task; BUILD_NOTES.md, "Speed: the meta-step near the machine's limit"). Its pieces are
+# the tasks of one program each (`program_tasks`).
+@functools.partial(jax.jit, static_argnames=("shape", "step", "setting", "mesh"))
+def _draw_round(key, images, norm, meta, devices, policy, seeds, chunk, shape, step, setting, mesh):
+    def one(key, images, norm, meta, devices, policy, chunk, seed):
+        episodes, keys = draw_tasks(key, images, norm, seed, chunk, shape)
+        drawn = (episodes, keys, draw_normals(keys, meta, devices, policy, setting))
         return [
             jax.tree.map(itemgetter(slice(a, a + step)), drawn) for a in range(0, shape[0], step)
         ]
 
-    shared = (key, images, norm, chunk)
+    shared = (key, images, norm, meta, devices, policy, chunk)
     return batching.map_tasks(one, seeds, strategy="unroll", mesh=mesh, shared=shared)
 
 
 @functools.partial(jax.jit, static_argnames=("setting", "mesh"))
-def _tasks_round(episodes, keys, meta, devices, policy, where, setting, mesh):
-    def one(meta, devices, policy, episodes, keys, *where):
-        return evaluate_tasks(keys, meta, episodes, devices, policy, where, setting)
+def _tasks_round(episodes, keys, normals, meta, devices, policy, where, setting, mesh):
+    def one(meta, devices, policy, episodes, keys, normals, *where):
+        return evaluate_tasks(keys, meta, episodes, devices, policy, where, setting, normals)
 
     shared = (meta, devices, policy)
     return batching.map_tasks(
-        one, episodes, keys, *where, strategy="unroll", mesh=mesh, shared=shared
+        one, episodes, keys, normals, *where, strategy="unroll", mesh=mesh, shared=shared
     )
 
 
@@ -239,7 +255,10 @@ def sweep(
                 continue
             seeds = tuple(g.seed.tolist())  # every point of the same seeds sees their tasks
             if seeds not in drawn:
-                drawn[seeds] = _draw_round(key, images, norm, here.seed, chunk, shape, step, mesh)
+                drawn[seeds] = _draw_round(
+                    key, images, norm, meta, devices, policy, here.seed, chunk, shape, step,
+                    setting, mesh,
+                )  # fmt: skip
             where = tuple(here[:3])
             rows.append(
                 [

@@ -67,6 +67,7 @@ def adapt(
     first_order: bool = False,
     placement: models.Placement = models.default_placement,
     every_step: bool = True,
+    normals=None,
 ) -> TaskResult:
     """Inner loop on one task's support set; returns the query metrics after every step.
 
@@ -89,6 +90,8 @@ def adapt(
         after the last update only, which is all a one-step loss or an evaluation reads. A
         query pass costs more than a support step (75 against 5 images on 5-way), and a zero
         weight of the multi-step loss does not remove its pass from the gradient.
+      normals: the writes' random numbers drawn beforehand (`draw_normals`, the same
+        numbers); None draws each write's from its key.
 
     Returns:
       TaskResult of the query set after each of the S updates ([1]: after the last one when
@@ -103,7 +106,7 @@ def adapt(
         out = model.apply({"params": params}, episode.query_x, t)
         return models.cross_entropy(out, episode.query_y), models.accuracy(out, episode.query_y)
 
-    k_start, k_write = jax.random.split(key)
+    k_start, step_keys = write_keys(key, num_steps)
     state = writer.start(k_start, groups[models.CROSSBAR])
     digital = groups[models.DIGITAL]
     if num_steps == 0:
@@ -117,13 +120,35 @@ def adapt(
             model, meta, episode, on_crossbars, digital, t, rho, first_order, placement
         )
         dw = {p: step[p] for p in on_crossbars}
-        state = writer.write(jax.random.fold_in(k_write, t), state, dw)
+        drawn = () if normals is None else (normals[t],)  # a writer may take 3 arguments
+        state = writer.write(step_keys[t], state, dw, *drawn)
         digital = {p: b + step[p] for p, b in digital.items()}
         if every_step or t + 1 == num_steps:
             loss, acc = query(writer.read(state), digital, t + 1)
             losses.append(loss)
             accs.append(acc)
     return TaskResult(jnp.stack(losses), jnp.stack(accs))
+
+
+def write_keys(key, num_steps: int):
+    """(key of the initial programming, [key of each write]) of `adapt(key, ...)`."""
+    k_start, k_write = jax.random.split(key)
+    return k_start, [jax.random.fold_in(k_write, t) for t in range(num_steps)]
+
+
+def draw_normals(
+    key,
+    meta: MetaParams,
+    num_steps: int,
+    writer: writers.Writer,
+    placement: models.Placement = models.default_placement,
+):
+    """The random numbers of the writes of `adapt(key, ...)` on `writer`, one per write:
+    drawn once and handed to `adapt` as `normals`, the same numbers as drawn there."""
+    k_start, step_keys = write_keys(key, num_steps)
+    # Only the state's structure and shapes are read: XLA drops the programming's arithmetic.
+    state = writer.start(k_start, models.split(meta.params, placement)[models.CROSSBAR])
+    return [writer.draw(k, state) for k in step_keys]
 
 
 def inner_update(

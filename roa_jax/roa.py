@@ -79,15 +79,28 @@ def task_keys(key, episodes):
     return jax.random.split(key, episodes.query_y.shape[0])
 
 
-def adapt_each(keys, model, meta, episodes, num_steps, hw=None, rho=1.0, task_batching="auto"):
-    """`adapt_tasks` with the tasks' keys given (`task_keys`), so a batch can be cut."""
+def adapt_each(
+    keys, model, meta, episodes, num_steps, hw=None, rho=1.0, task_batching="auto", normals=None
+):
+    """`adapt_tasks` with the tasks' keys given (`task_keys`), so a batch can be cut; `normals`:
+    each task's write noise drawn beforehand (`draw_normals`), else drawn from its key."""
 
-    def one(k, episode):
+    def one(k, episode, *drawn):
         writer = writers.writer(hw)
-        result = maml.adapt(k, model, meta, episode, num_steps, writer, rho, every_step=False)
+        result = maml.adapt(
+            k, model, meta, episode, num_steps, writer, rho, every_step=False, normals=drawn or None
+        )
         return result.accuracy[-1]
 
-    return batching.map_tasks(one, keys, episodes, strategy=task_batching)
+    tasks = (keys, episodes) if normals is None else (keys, episodes, *normals)
+    return batching.map_tasks(one, *tasks, strategy=task_batching)
+
+
+def draw_normals(keys, meta, num_steps, hw):
+    """The write noise's random numbers of `adapt_each(keys, ...)` on `hw`: a list over the
+    writes, each stacked over the tasks; the same numbers as drawn in `adapt_each`."""
+    per_task = [maml.draw_normals(k, meta, num_steps, writers.writer(hw)) for k in keys]
+    return jax.tree.map(lambda *x: jnp.stack(x), *per_task)
 
 
 def write_pulses(model, meta: maml.MetaParams, episode, hw: writers.Hardware, rho=1.0) -> dict:

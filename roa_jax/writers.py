@@ -2,8 +2,11 @@
 
 A `Writer` is a pair-of-pure-functions object in the optax style:
 `start(key, weights) -> state` puts the initial weights where they live, `read(state) ->
-weights` returns the weights the network computes with, and `write(key, state, dw) -> state`
-applies an update. Weights are a flat dict {parameter path: array} (`models.split`).
+weights` returns the weights the network computes with, and `write(key, state, dw, normals=None)
+-> state` applies an update; `draw(key, state)` returns the random numbers that `write(key,
+state, ...)` would draw (None where it draws none), so that they can be drawn once, elsewhere,
+and handed to `write` as `normals`. Weights are a flat dict {parameter path: array}
+(`models.split`).
 
   - `software()`: exact arithmetic, theta <- theta + dw;
   - `crossbars(hw)`: every weight matrix on a crossbar of `hw.params` devices, programmed
@@ -32,7 +35,8 @@ class Writer(NamedTuple):
 
     start: Callable[[Any, dict], Any]  # (key, weights) -> state
     read: Callable[[Any], dict]  # state -> weights the network computes with
-    write: Callable[[Any, Any, dict], Any]  # (key, state, dw) -> state
+    write: Callable[..., Any]  # (key, state, dw[, normals]) -> state
+    draw: Callable[[Any, Any], Any] = lambda key, state: None  # (key, state) -> normals
 
 
 class Hardware(NamedTuple):
@@ -53,7 +57,7 @@ def software() -> Writer:
     return Writer(
         start=lambda key, weights: weights,
         read=lambda state: state,
-        write=lambda key, state, dw: jax.tree.map(jnp.add, state, dw),
+        write=lambda key, state, dw, normals=None: jax.tree.map(jnp.add, state, dw),
     )
 
 
@@ -102,14 +106,19 @@ def crossbars(
     def read(state):
         return {k: crossbar.weights(xb, params) for k, xb in state.items()}
 
-    def write(key, state, dw):
+    def write(key, state, dw, normals=None):
         keys = _keys(key, state)
+        normals = draw(key, state) if normals is None else normals
         return {
-            k: crossbar.write_update(keys[k], xb, dw[k], params, sigma_w, policy)[0]
+            k: crossbar.write_update(keys[k], xb, dw[k], params, sigma_w, policy, normals[k])[0]
             for k, xb in state.items()
         }
 
-    return Writer(start, read, write)
+    def draw(key, state):
+        keys = _keys(key, state)
+        return {k: crossbar.write_normals(keys[k], xb, params) for k, xb in state.items()}
+
+    return Writer(start, read, write, draw)
 
 
 def writer(hw: Hardware | None) -> Writer:

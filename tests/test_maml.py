@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from roa_jax import device, maml, models, writers
+from roa_jax import crossbar, device, maml, models, writers
 from roa_jax.data import episodes as episodes_lib
 from roa_jax.data import synthetic
 
@@ -220,3 +220,23 @@ def test_no_retracing_across_tasks_keys_rho_and_noise():
     ]
     chex.assert_tree_all_finite(losses)
     assert len({float(x) for x in losses}) == 3
+
+
+@pytest.mark.parametrize(
+    ("preset", "differential"), [("paper", False), ("paper", True), ("pcm", False)]
+)
+def test_writes_with_their_noise_drawn_beforehand_give_the_same_numbers(preset, differential):
+    # What the evaluation does: each task's write noise drawn once (maml.draw_normals), then
+    # handed to adapt. The same losses bit for bit; other numbers change them (they are used).
+    # aihwkit's PCM draws its own noise: nothing is drawn beforehand, and nothing changes.
+    writer = writers.crossbars(
+        writers.hardware(crossbar.preset(preset), 1.5), differential=differential
+    )
+    ep, model, meta = _episode(), _model(3), _meta(3)
+    key = jax.random.PRNGKey(4)
+    adapt = functools.partial(maml.adapt, key, model, meta, ep, 3, writer)
+    drawn = maml.draw_normals(key, meta, 3, writer)
+    here = adapt()
+    np.testing.assert_array_equal(adapt(normals=drawn).loss, here.loss)
+    other = adapt(normals=maml.draw_normals(jax.random.PRNGKey(5), meta, 3, writer)).loss
+    assert np.array_equal(other, here.loss) == (preset == "pcm")
