@@ -223,8 +223,9 @@ def write_update(key, xbar: Crossbar, dw, params, sigma_w, policy=None, normals=
     keys = _pair_keys(key, xbar)
     normals = (None,) * len(keys) if normals is None else normals
     if xbar.g_neg is None:
+        (k,), (z,) = keys, normals
         g, noise, n = _write(
-            key, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos, normals[0]
+            k, xbar.g_pos, dw * g_half, params, sigma_w, policy, 0, xbar.noise_pos, z
         )
         return Crossbar(g, None, noise), n
     (k_pos, k_neg), (z_pos, z_neg) = keys, normals

@@ -108,7 +108,7 @@ def crossbars(
 
     def write(key, state, dw, normals=None):
         keys = _keys(key, state)
-        normals = draw(key, state) if normals is None else normals
+        normals = dict.fromkeys(state) if normals is None else normals  # None: drawn from keys
         return {
             k: crossbar.write_update(keys[k], xb, dw[k], params, sigma_w, policy, normals[k])[0]
             for k, xb in state.items()
