@@ -1,6 +1,6 @@
 r"""Speed levers of issue 28 against their previous form, in one process, interleaved.
 
-  python benchmarks/levers.py                      # all three
+  python benchmarks/levers.py                      # all four
   python benchmarks/levers.py --levers=pool --repeats=7
 
 - query: the 5-step Omniglot 5-way meta-step (8 tasks) querying after every inner step, as
@@ -14,6 +14,9 @@ r"""Speed levers of issue 28 against their previous form, in one process, interl
 - noise: the same sweep over the main job's 5 noise levels x 4 rhos (16 tasks), ROA and 5-step,
   each point drawing its tasks' write noise in its own program, as before, against drawn once
   per repeat with the tasks (`evaluation.draw_normals`); prints whether the accuracies are equal.
+- threads: two 5-step sweeps (4 noise levels x 16 tasks, other tasks each) one after the other
+  against the same two at once from two Python threads, and the cores each way keeps busy
+  (process CPU time / wall time): what is left to gain by running parts side by side.
 Random conv4 networks (--width filters, meta_step.py's flag) and Omniglot-shaped random
 images; no dataset needed. Medians of --repeats (meta_step.py's flag)
 interleaved rounds after a warm-up (benchmarks/meta_step.py explains why interleaved).
@@ -21,6 +24,7 @@ interleaved rounds after a warm-up (benchmarks/meta_step.py explains why interle
 
 import functools
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,7 +39,9 @@ from benchmarks import meta_step  # noqa: E402
 from roa_jax import device, evaluation, maml, models, train  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("levers", ["query", "pool", "noise"], "Levers to time: query, pool, noise.")
+flags.DEFINE_list(
+    "levers", ["query", "pool", "noise", "threads"], "Levers to time: query, pool, noise, threads."
+)
 
 
 def query_lever():
@@ -126,6 +132,48 @@ def noise_lever():
     _eval_lever("noise", forms, grid, kinds=(("adapt", 1), ("adapt", 5)))
 
 
+def threads_lever():
+    images = jax.random.randint(jax.random.PRNGKey(1), (100, 20, 28, 28, 1), 0, 256)
+    images = images.astype(jnp.uint8)
+    model = models.build("conv4", 5, FLAGS.width, 6)
+    meta = maml.init(jax.random.PRNGKey(0), model, jnp.zeros((1, 28, 28, 1)), 5, 0.1)
+    setting = evaluation.Setting("adapt", model, 5, 1, 15, num_steps=5, chunk=8)
+    grid = evaluation.make_grid([0.5, 1.0, 2.0, 3.0], [1.0], [0])
+    devices = evaluation.stack([device.calibrated()])
+
+    def sweep(seed, out):
+        key = jax.random.PRNGKey(seed)
+        out[seed] = evaluation.sweep(key, meta, images, (0.0, 1.0), devices, grid, 16, setting)
+
+    def serial(out):
+        for seed in (2, 3):
+            sweep(seed, out)
+
+    def side_by_side(out):
+        workers = [threading.Thread(target=sweep, args=(seed, out)) for seed in (2, 3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    outs, cores = {}, {}
+    for form in (serial, side_by_side):
+        outs[form.__name__] = {}
+        form(outs[form.__name__])  # compiles
+        wall, cpu = time.perf_counter(), time.process_time()
+        form({})
+        cores[form.__name__] = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    fns = {form.__name__: functools.partial(form, {}) for form in (serial, side_by_side)}
+    t = meta_step._median_times(fns, FLAGS.repeats)
+    equal = all(np.array_equal(outs["serial"][s], outs["side_by_side"][s]) for s in (2, 3))
+    print(
+        f"threads, two 5-step sweeps: one after the other {t['serial']:.2f} s "
+        f"({cores['serial']:.2f} cores busy), side by side {t['side_by_side']:.2f} s "
+        f"({cores['side_by_side']:.2f} cores), {t['serial'] / t['side_by_side']:.2f}x; "
+        f"accuracies equal: {equal}"
+    )
+
+
 def main(argv):
     del argv
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
@@ -135,6 +183,8 @@ def main(argv):
         pool_lever()
     if "noise" in FLAGS.levers:
         noise_lever()
+    if "threads" in FLAGS.levers:
+        threads_lever()
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def _benchmark(name, *flags):
 def test_levers_benchmark_prints_every_lever_with_equal_results():
     out = _benchmark("levers.py", "--width=4", "--repeats=1")
     assert out.count("meta-parameters equal: True") == 2, out
-    assert out.count("accuracies equal: True") == 5, out
+    assert out.count("accuracies equal: True") == 6, out
+    assert "threads, two 5-step sweeps" in out, out
 
 
 def test_sweep_benchmark_prints_every_strategy():
